@@ -1,0 +1,24 @@
+# Two commands for a fresh clone (see README): `make demo` and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO   := demo-output
+
+.PHONY: setup demo test lint clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup_env.sh scripts/fix_torchvision_cpu.py
+	bash scripts/setup_env.sh
+
+demo: $(STAMP)
+	$(PY) -m curation.demo --workdir $(DEMO)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check curation training tests bench scripts
+
+clean-demo:
+	rm -rf $(DEMO)
