@@ -1,0 +1,71 @@
+"""Source adapters: turn each dataset's on-disk layout into typed clip records.
+
+`enumerate_source(kind, root)` walks the root once (a basename index of every file; no video is
+opened) and yields one `ClipRecord` per clip the metadata names, in a deterministic order:
+whole-file problems first, then clips sorted by clip id. Bad metadata, bad entries, missing
+videos and boxes outside the frame become records with a reason code; only a missing root or an
+unknown kind raises (`SourceError`), before anything is yielded.
+
+`group_identities(records)` groups the usable records by the dataset's identity rule
+(`identity_id`: `yt:<ytb_id>` for CelebV-HQ / CelebV-Text / TalkingHead-1KH, so one YouTube
+video is one person across datasets; `vfhq:<videoid>:P<pid>`; `folder:<sub-folder>`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+
+from curation.records import ClipRecord
+from curation.sources import celebvhq, celebvtext, folder, talkinghead1kh, vfhq
+from curation.sources.common import FileIndex, build_index
+
+SOURCE_KINDS: tuple[str, ...] = ("celebvhq", "vfhq", "talkinghead1kh", "celebvtext", "folder")
+
+_ADAPTERS: dict[str, Callable[[FileIndex], Iterator[ClipRecord]]] = {
+    "celebvhq": celebvhq.enumerate_clips,
+    "vfhq": vfhq.enumerate_clips,
+    "talkinghead1kh": talkinghead1kh.enumerate_clips,
+    "celebvtext": celebvtext.enumerate_clips,
+    "folder": folder.enumerate_clips,
+}
+
+LICENSES: dict[str, str] = {
+    "celebvhq": celebvhq.LICENSE,
+    "vfhq": vfhq.LICENSE,
+    "talkinghead1kh": talkinghead1kh.LICENSE,
+    "celebvtext": celebvtext.LICENSE,
+    "folder": folder.LICENSE,
+}
+
+
+class SourceError(Exception):
+    """A whole source cannot be enumerated (unknown kind, root missing or not a folder)."""
+
+
+def enumerate_source(kind: str, root: str | os.PathLike) -> Iterator[ClipRecord]:
+    """Clip records of one source. Raises SourceError at call time, before yielding anything."""
+    if kind not in _ADAPTERS:
+        raise SourceError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
+    try:
+        root_path = os.fspath(root)
+    except TypeError:
+        raise SourceError(f"source root for {kind} must be a path, got {root!r:.80}") from None
+    if not os.path.isdir(root_path):
+        what = "does not exist" if not os.path.exists(root_path) else "is not a folder"
+        raise SourceError(f"source root {root_path} for {kind} {what}; pass the folder that "
+                          f"holds the dataset (see datasets.md for each layout)")
+    return _ADAPTERS[kind](build_index(root_path))
+
+
+def group_identities(records: Iterable[ClipRecord]) -> dict[str, list[ClipRecord]]:
+    """Usable ("ok") records grouped by identity_id; keys sorted, clips by (source, clip_id)."""
+    groups: dict[str, list[ClipRecord]] = {}
+    for record in records:
+        if record.ok and record.identity_id:
+            groups.setdefault(record.identity_id, []).append(record)
+    return {identity: sorted(groups[identity], key=lambda r: (r.source, r.clip_id))
+            for identity in sorted(groups)}
+
+
+__all__ = ["SOURCE_KINDS", "LICENSES", "SourceError", "enumerate_source", "group_identities"]

@@ -1,0 +1,91 @@
+"""CelebV-HQ: `celebvhq_info.json` plus processed clips or raw YouTube downloads.
+
+A clip is served by its processed file `<clip_key>.mp4` (already cropped and trimmed, used
+whole) or, failing that, by the raw download `<ytb_id>.mp4` with the entry's time range and
+normalised box. Identity proxy: one person per YouTube video (`yt:<ytb_id>`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from curation.records import ClipRecord
+from curation.sources.common import (
+    UNREADABLE_ERRORS,
+    EntryProblem,
+    EntryTable,
+    FileIndex,
+    load_json,
+    mapping,
+    missing_video,
+    nonempty_str,
+    normalized_box,
+    run_entry,
+    seconds_range,
+    sorted_entries,
+    tblr_box,
+    unreadable_metadata,
+)
+
+SOURCE = "celebvhq"
+LICENSE = "CelebV-HQ (non-commercial research, see dataset terms)"
+METADATA_NAME = "celebvhq_info.json"
+
+
+def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
+    table = EntryTable()
+    problems: list[ClipRecord] = []
+    paths = index.all_files(METADATA_NAME)
+    if not paths:
+        problems.append(unreadable_metadata(SOURCE, index.root, METADATA_NAME,
+                                            "no celebvhq_info.json under the source root",
+                                            LICENSE))
+    for path in paths:
+        where = index.relpath(path)
+        try:
+            data = load_json(path)
+        except UNREADABLE_ERRORS as error:
+            problems.append(unreadable_metadata(SOURCE, where, METADATA_NAME, error, LICENSE))
+            continue
+        clips = data.get("clips") if isinstance(data, dict) else None
+        if not isinstance(clips, dict):
+            problems.append(unreadable_metadata(
+                SOURCE, where, METADATA_NAME, 'expected {"clips": {clip_key: {...}}}', LICENSE))
+            continue
+        for key, entry in clips.items():
+            table.add(key, entry, where)
+    yield from problems
+    yield from table.conflict_records(SOURCE, LICENSE)
+    for clip_id, key, (entry, _where) in sorted_entries(table.entries.items()):
+        yield run_entry(SOURCE, key, LICENSE, _clip_record, index, clip_id, key, entry)
+
+
+def _clip_record(index: FileIndex, clip_id: str, key: str, entry: Any) -> ClipRecord:
+    entry = mapping(entry, f"entry {key!r}")
+    ytb_id = nonempty_str(entry.get("ytb_id"), "ytb_id")
+    try:
+        duration = mapping(entry.get("duration"), "duration")
+        start_sec, end_sec = seconds_range(duration.get("start_sec"), duration.get("end_sec"))
+        box = normalized_box(*tblr_box(entry.get("bbox")))
+        processed = index.file(f"{key}.mp4")
+        raw = None if processed else index.file(f"{ytb_id}.mp4")
+        if processed is None and raw is None:
+            raise missing_video([f"{key}.mp4", f"{ytb_id}.mp4"], index)
+    except EntryProblem as problem:
+        problem.identity_id, problem.source_video_id = f"yt:{ytb_id}", ytb_id
+        raise
+    extra = {
+        "ytb_id": ytb_id,
+        "source_time": [start_sec, end_sec],
+        "attributes": entry.get("attributes"),
+        "version": entry.get("version"),
+    }
+    common = dict(source=SOURCE, clip_id=clip_id, original_clip_id=key,
+                  identity_id=f"yt:{ytb_id}", source_video_id=ytb_id, license=LICENSE,
+                  extra={k: v for k, v in extra.items() if v is not None})
+    if processed is not None:
+        return ClipRecord(video_path=os.path.abspath(processed), **common)
+    return ClipRecord(video_path=os.path.abspath(raw), start_sec=start_sec, end_sec=end_sec,
+                      bbox_hint_normalized=box, is_raw=True, **common)

@@ -1,0 +1,159 @@
+"""CelebV-Text: `celebvtext_info.json` in either released shape, processed clips or raw videos.
+
+Shapes accepted:
+- v0.11 (the released file): a flat map keyed by clip file name, `{"<clip>.mp4": {...}}`, with
+  a normalised bbox and `duration.start_sec/end_sec`;
+- the README example: clips nested under `"clips"`, keyed by clip name, bbox in pixels of the
+  raw video, and sometimes `duration.start_frame/end_frame` (whose fractional values the
+  README's own comment calls times: fractional ones are read as seconds).
+A bbox whose values are all <= 1 is normalised, otherwise pixels.
+
+Processed clip `<clip>.mp4` is used whole; else the raw download `<ytb_id>.mp4` with the range
+and box. Per-clip description files `<clip>.txt` found under the root (the text archives, when
+unpacked there) are carried into `extra["texts"]`, keyed by their folder name: best effort.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from curation.records import ClipRecord
+from curation.sources.common import (
+    UNREADABLE_ERRORS,
+    EntryProblem,
+    EntryTable,
+    FileIndex,
+    invalid,
+    load_json,
+    mapping,
+    missing_video,
+    nonempty_str,
+    normalized_box,
+    number,
+    pixel_box,
+    read_text,
+    run_entry,
+    seconds_range,
+    sorted_entries,
+    tblr_box,
+    unreadable_metadata,
+)
+
+SOURCE = "celebvtext"
+LICENSE = "CelebV-Text (non-commercial research, see dataset terms)"
+METADATA_NAME = "celebvtext_info.json"
+MAX_TEXT_BYTES = 256 * 1024
+
+
+def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
+    table = EntryTable()
+    problems: list[ClipRecord] = []
+    paths = index.all_files(METADATA_NAME)
+    if not paths:
+        problems.append(unreadable_metadata(SOURCE, index.root, METADATA_NAME,
+                                            "no celebvtext_info.json under the source root",
+                                            LICENSE))
+    for path in paths:
+        where = index.relpath(path)
+        try:
+            data = load_json(path)
+        except UNREADABLE_ERRORS as error:
+            problems.append(unreadable_metadata(SOURCE, where, METADATA_NAME, error, LICENSE))
+            continue
+        clips = _clip_map(data)
+        if clips is None:
+            problems.append(unreadable_metadata(
+                SOURCE, where, METADATA_NAME,
+                'expected {"<clip>.mp4": {...}} (v0.11) or {"clips": {...}}', LICENSE))
+            continue
+        for key, entry in clips.items():
+            table.add(clip_name(key), (key, entry), where)
+    yield from problems
+    yield from table.conflict_records(SOURCE, LICENSE)
+    for clip_id, name, ((key, entry), _where) in sorted_entries(table.entries.items()):
+        yield run_entry(SOURCE, name, LICENSE, _clip_record, index, clip_id, name, key, entry)
+
+
+def _clip_map(data: Any) -> dict | None:
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("clips"), dict):
+        return data["clips"]
+    if "clips" in data:
+        return None
+    return data
+
+
+def clip_name(key: str) -> str:
+    """The clip's name: the metadata key without a trailing ".mp4" (v0.11 keys carry one)."""
+    return key[:-4] if key.lower().endswith(".mp4") and len(key) > 4 else key
+
+
+def _clip_record(index: FileIndex, clip_id: str, name: str, key: str,
+                 entry: Any) -> ClipRecord:
+    entry = mapping(entry, f"entry {key!r}")
+    ytb_id = nonempty_str(entry.get("ytb_id"), "ytb_id")
+    try:
+        timing = _timing(entry.get("duration"))
+        x0, y0, x1, y1 = tblr_box(entry.get("bbox"))
+        normalised = max(x0, y0, x1, y1) <= 1
+        box = normalized_box(x0, y0, x1, y1) if normalised else pixel_box(x0, y0, x1, y1)
+        processed = index.file(f"{name}.mp4")
+        raw = None if processed else index.file(f"{ytb_id}.mp4")
+        if processed is None and raw is None:
+            raise missing_video([f"{name}.mp4", f"{ytb_id}.mp4"], index)
+    except EntryProblem as problem:
+        problem.identity_id, problem.source_video_id = f"yt:{ytb_id}", ytb_id
+        raise
+    extra: dict[str, Any] = {"ytb_id": ytb_id, "metadata_key": key, "source_range": timing}
+    for field_name in ("meta_video_names", "version"):
+        if entry.get(field_name) is not None:
+            extra[field_name] = entry[field_name]
+    texts = _texts(index, name)
+    if texts:
+        extra["texts"] = texts
+    common = dict(source=SOURCE, clip_id=clip_id, original_clip_id=name,
+                  identity_id=f"yt:{ytb_id}", source_video_id=ytb_id, license=LICENSE,
+                  extra=extra)
+    if processed is not None:
+        return ClipRecord(video_path=os.path.abspath(processed), **common)
+    return ClipRecord(
+        video_path=os.path.abspath(raw), is_raw=True,
+        start_sec=timing.get("start_sec"), end_sec=timing.get("end_sec"),
+        start_frame=timing.get("start_frame"), end_frame=timing.get("end_frame"),
+        bbox_hint_normalized=box if normalised else None,
+        bbox_hint=None if normalised else box, **common)
+
+
+def _timing(value: Any) -> dict[str, Any]:
+    """{"start_sec", "end_sec"} or integral {"start_frame", "end_frame"} from `duration`."""
+    duration = mapping(value, "duration")
+    if "start_sec" in duration or "end_sec" in duration:
+        start, end = seconds_range(duration.get("start_sec"), duration.get("end_sec"))
+        return {"start_sec": start, "end_sec": end}
+    if "start_frame" in duration or "end_frame" in duration:
+        start = number(duration.get("start_frame"), "duration.start_frame")
+        end = number(duration.get("end_frame"), "duration.end_frame")
+        if start.is_integer() and end.is_integer():
+            if start < 0 or end < start:
+                raise invalid(f"frame range {start:g}..{end:g} is not a forward range")
+            return {"start_frame": int(start), "end_frame": int(end)}
+        start, end = seconds_range(start, end, "duration (fractional frames read as seconds)")
+        return {"start_sec": start, "end_sec": end}
+    raise invalid("duration has neither start_sec/end_sec nor start_frame/end_frame")
+
+
+def _texts(index: FileIndex, name: str) -> dict[str, list[str]]:
+    texts: dict[str, list[str]] = {}
+    for path in index.all_files(f"{name}.txt"):
+        try:
+            if os.path.getsize(path) > MAX_TEXT_BYTES:
+                continue
+            lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+        except UNREADABLE_ERRORS:
+            continue  # descriptions are a nicety: an unreadable one is left out
+        if lines:
+            texts.setdefault(os.path.basename(os.path.dirname(path)), lines)
+    return texts

@@ -1,0 +1,370 @@
+"""Pieces shared by the source adapters: the basename index of a source root, entry problems,
+number and box validation, and record construction.
+
+Adapters never join a name read from metadata into a path: they look the name up in the
+`FileIndex`, which only holds files that really lie under the root. So "../../x.mp4" in a
+metadata file can never reach outside the root; it simply is not found.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from curation.records import ClipRecord, Reason, safe_id
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+# Normalised box values may overshoot [0, 1] by this much (rounding in the released metadata)
+# before the box counts as outside the frame.
+BOX_TOLERANCE = 0.02
+
+# Metadata text files larger than this are refused as unreadable rather than read into memory.
+MAX_METADATA_BYTES = 512 * 1024 * 1024
+
+
+class EntryProblem(Exception):
+    """One metadata entry cannot become an "ok" record; the adapter turns it into a record."""
+
+    def __init__(self, reason: Reason, message: str, status: str = "failed"):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+        # filled in by the adapter once known, so a problem record still names its identity
+        self.identity_id = ""
+        self.source_video_id = ""
+
+
+def invalid(message: str) -> EntryProblem:
+    return EntryProblem(Reason.METADATA_ENTRY_INVALID, message)
+
+
+@dataclass
+class FileIndex:
+    """Every file and folder under a source root, found by one walk, looked up by basename.
+
+    Lists per basename are sorted by path, so a lookup returns the same file on every run.
+    Symlinks whose target lies outside the root are left out (and remembered, so a missing-video
+    message can say why).
+    """
+
+    root: str                                             # absolute, as given (not resolved)
+    files: dict[str, list[str]] = field(default_factory=dict)
+    dirs: dict[str, list[str]] = field(default_factory=dict)
+    image_dirs: set[str] = field(default_factory=set)     # folders that directly hold images
+    outside_links: dict[str, str] = field(default_factory=dict)  # basename -> link path
+    walk_errors: list[str] = field(default_factory=list)
+
+    def file(self, name: str) -> str | None:
+        paths = self.files.get(name)
+        return paths[0] if paths else None
+
+    def all_files(self, name: str) -> list[str]:
+        return self.files.get(name, [])
+
+    def image_dir(self, name: str) -> str | None:
+        """The first folder called `name` that directly holds image files (a clip as frames)."""
+        for path in self.dirs.get(name, []):
+            if path in self.image_dirs:
+                return path
+        return None
+
+    def file_names(self) -> list[str]:
+        return sorted(self.files)
+
+    def all_file_paths(self) -> list[str]:
+        return sorted(path for paths in self.files.values() for path in paths)
+
+    def relpath(self, path: str) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
+    def missing_message(self, name: str) -> str:
+        if name in self.outside_links:
+            return (f"{name} is only present as a symlink pointing outside the source root "
+                    f"({self.outside_links[name]}), which is ignored")
+        return f"{name} not found under {self.root}"
+
+
+def _inside(real_path: str, real_root: str) -> bool:
+    return real_path == real_root or real_path.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def build_index(root: str | os.PathLike) -> FileIndex:
+    """Walk `root` once with os.scandir and index its files and folders by basename."""
+    root_abs = os.path.abspath(os.fspath(root))
+    real_root = os.path.realpath(root_abs)
+    index = FileIndex(root=root_abs)
+    visited_real_dirs = {real_root}
+    pending = [root_abs]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                children = sorted(entries, key=lambda entry: entry.name)
+        except OSError as error:
+            index.walk_errors.append(f"{folder}: {error}")
+            continue
+        holds_images = False
+        for entry in children:
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if not _inside(target, real_root):
+                        index.outside_links.setdefault(entry.name, entry.path)
+                        continue
+                    if os.path.isdir(target):
+                        if target in visited_real_dirs:
+                            continue  # a loop or a second way into a folder already walked
+                        visited_real_dirs.add(target)
+                        index.dirs.setdefault(entry.name, []).append(entry.path)
+                        pending.append(entry.path)
+                    elif os.path.isfile(target):
+                        index.files.setdefault(entry.name, []).append(entry.path)
+                        holds_images |= entry.name.lower().endswith(IMAGE_EXTENSIONS)
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    visited_real_dirs.add(os.path.realpath(entry.path))
+                    index.dirs.setdefault(entry.name, []).append(entry.path)
+                    pending.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    index.files.setdefault(entry.name, []).append(entry.path)
+                    holds_images |= entry.name.lower().endswith(IMAGE_EXTENSIONS)
+            except OSError as error:
+                index.walk_errors.append(f"{entry.path}: {error}")
+        if holds_images:
+            index.image_dirs.add(folder)
+    for paths in index.files.values():
+        paths.sort()
+    for paths in index.dirs.values():
+        paths.sort()
+    return index
+
+
+def read_text(path: str) -> str:
+    """Read a UTF-8 metadata text file; OSError/UnicodeDecodeError/ValueError mean unreadable."""
+    if os.path.getsize(path) > MAX_METADATA_BYTES:
+        raise ValueError(f"larger than {MAX_METADATA_BYTES} bytes")
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+# --- values -------------------------------------------------------------------------------------
+
+def number(value: Any, what: str) -> float:
+    """A finite real number from metadata (bools and numeric strings are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid(f"{what} is not a number: {value!r:.60}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise invalid(f"{what} is not finite: {value!r}")
+    return result
+
+
+def integer_text(text: str, what: str) -> int:
+    """An integer written in a text file or a file name (digits, optional sign)."""
+    stripped = text.strip()
+    if not stripped.lstrip("+-").isdigit() or not stripped.isascii():
+        raise invalid(f"{what} is not an integer: {text!r:.60}")
+    return int(stripped)
+
+
+def float_text(text: str, what: str) -> float:
+    try:
+        result = float(text)
+    except ValueError:
+        raise invalid(f"{what} is not a number: {text!r:.60}") from None
+    if not math.isfinite(result):
+        raise invalid(f"{what} is not finite: {text!r:.60}")
+    return result
+
+
+def nonempty_str(value: Any, what: str) -> str:
+    """A non-empty identifier string that can be written as UTF-8 (manifests, shard keys)."""
+    if not isinstance(value, str) or not value.strip():
+        raise invalid(f"{what} is missing or not a non-empty string: {value!r:.60}")
+    if not is_utf8(value):
+        raise invalid(f"{what} is not valid Unicode text: {value!r:.60}")
+    return value.strip()
+
+
+def writable(text: str) -> str:
+    """`text` with lone surrogates escaped, so it can be written as UTF-8."""
+    return text if is_utf8(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_utf8(text: str) -> bool:
+    """False for strings holding lone surrogates (bad JSON escapes, undecodable file names)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def mapping(value: Any, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise invalid(f"{what} is missing or not an object: {value!r:.60}")
+    return value
+
+
+Box = tuple[float, float, float, float]
+
+
+def normalized_box(x0: float, y0: float, x1: float, y1: float, what: str = "bbox") -> Box:
+    """Validate a 0..1 box (x0, y0, x1, y1): clamp small overshoot, refuse outside/degenerate."""
+    values = (x0, y0, x1, y1)
+    if any(v < -BOX_TOLERANCE or v > 1 + BOX_TOLERANCE for v in values):
+        raise EntryProblem(Reason.BBOX_OUTSIDE_FRAME,
+                           f"{what} {_fmt_box(values)} lies outside the frame (0..1)")
+    cx0, cy0, cx1, cy1 = (min(max(v, 0.0), 1.0) for v in values)
+    if cx1 <= cx0 or cy1 <= cy0:
+        raise EntryProblem(Reason.BBOX_OUTSIDE_FRAME, f"{what} {_fmt_box(values)} is degenerate")
+    return (cx0, cy0, cx1, cy1)
+
+
+def pixel_box(x0: float, y0: float, x1: float, y1: float, what: str = "bbox") -> Box:
+    """Validate a pixel box whose frame size is unknown: non-negative and not degenerate."""
+    values = (x0, y0, x1, y1)
+    if any(v < 0 for v in values):
+        raise EntryProblem(Reason.BBOX_OUTSIDE_FRAME,
+                           f"{what} {_fmt_box(values)} has negative pixel coordinates")
+    if x1 <= x0 or y1 <= y0:
+        raise EntryProblem(Reason.BBOX_OUTSIDE_FRAME, f"{what} {_fmt_box(values)} is degenerate")
+    return values
+
+
+def scaled_box(x0: float, y0: float, x1: float, y1: float, width: float, height: float,
+               what: str = "bbox") -> Box:
+    """A pixel box annotated on a width x height frame, normalised to 0..1 and validated."""
+    if width <= 0 or height <= 0:
+        raise invalid(f"frame size {width}x{height} is not positive")
+    return normalized_box(x0 / width, y0 / height, x1 / width, y1 / height, what)
+
+
+def _fmt_box(values: Iterable[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+# --- records ------------------------------------------------------------------------------------
+
+def unreadable_metadata(source: str, where: str, file_name: str, error: object,
+                        license_: str) -> ClipRecord:
+    """The one record that stands for a whole metadata file that could not be read.
+
+    `where` says where it is (a path relative to the root, or "archive.zip:member").
+    """
+    return ClipRecord(
+        source=source, clip_id=safe_id(file_name), original_clip_id=writable(file_name),
+        identity_id="", source_video_id="", video_path=None, status="failed",
+        reason=Reason.METADATA_UNREADABLE.value, message=writable(f"{where}: {error}"[:500]),
+        license=license_,
+    )
+
+
+def problem_record(source: str, original_id: str, problem: EntryProblem, license_: str, *,
+                   clip_id: str | None = None, extra: dict | None = None) -> ClipRecord:
+    return ClipRecord(
+        source=source, clip_id=clip_id or safe_id(original_id),
+        original_clip_id=writable(original_id),
+        identity_id=problem.identity_id, source_video_id=problem.source_video_id,
+        video_path=None,
+        status=problem.status, reason=problem.reason.value,
+        message=writable(problem.message[:500]),
+        license=license_, extra=extra or {},
+    )
+
+
+def internal_error_record(source: str, original_id: str, error: Exception,
+                          license_: str) -> ClipRecord:
+    """A record for an entry whose parsing hit a bug: enumeration of the others goes on."""
+    return ClipRecord(
+        source=source, clip_id=safe_id(original_id), original_clip_id=writable(original_id),
+        identity_id="", source_video_id="", video_path=None, status="failed",
+        reason=Reason.INTERNAL_ERROR.value, message=f"{type(error).__name__}: {error}"[:500],
+        license=license_,
+    )
+
+
+def missing_video(names: Iterable[str], index: FileIndex) -> EntryProblem:
+    messages = "; ".join(index.missing_message(name) for name in names)
+    return EntryProblem(Reason.VIDEO_MISSING, messages, status="skipped")
+
+
+class EntryTable:
+    """Entries of one source gathered from one or more metadata files, keyed by clip key.
+
+    The first file (in path order) wins; an identical repeat is the same clip, a differing
+    repeat becomes a failed record of its own so nothing is dropped silently.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[Any, str]] = {}
+        self.conflicts: list[tuple[str, str, str]] = []   # (key, where, where of the first)
+
+    def add(self, key: str, payload: Any, where: str) -> None:
+        first = self.entries.get(key)
+        if first is None:
+            self.entries[key] = (payload, where)
+        elif first[0] != payload:
+            self.conflicts.append((key, where, first[1]))
+
+    def conflict_records(self, source: str, license_: str) -> list[ClipRecord]:
+        records = []
+        for key, where, first_where in self.conflicts:
+            problem = invalid(f"a second, different entry for {key!r} in {where}; the one in "
+                              f"{first_where} is used")
+            records.append(problem_record(source, key, problem, license_,
+                                          clip_id=safe_id(f"{key}@{where}")))
+        return records
+
+
+def run_entry(source: str, original_id: str, license_: str, build, *args) -> ClipRecord:
+    """Call build(*args) for one entry; any problem becomes that entry's record."""
+    if not is_utf8(original_id):
+        return problem_record(source, original_id, invalid("clip key is not valid Unicode text"),
+                              license_)
+    try:
+        return build(*args)
+    except EntryProblem as problem:
+        return problem_record(source, original_id, problem, license_)
+    except Exception as error:  # noqa: BLE001 - a bug in one entry must not stop the others
+        return internal_error_record(source, original_id, error, license_)
+
+
+def sorted_entries(entries: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, str, Any]]:
+    """(clip_id, original id, payload) sorted by safe id then original: the yield order."""
+    keyed = [(safe_id(original), original, payload) for original, payload in entries]
+    keyed.sort(key=lambda item: (item[0], item[1]))
+    return iter(keyed)
+
+
+# --- the CelebV family (CelebV-HQ, CelebV-Text share their entry shape) ---------------------------
+
+UNREADABLE_ERRORS = (OSError, UnicodeDecodeError, ValueError, RecursionError)
+
+
+def load_json(path: str) -> Any:
+    """Parse a JSON metadata file; raises one of UNREADABLE_ERRORS when it cannot be read."""
+    return json.loads(read_text(path))
+
+
+def tblr_box(value: Any) -> Box:
+    """A {"top", "bottom", "left", "right"} box as raw numbers (x0, y0, x1, y1), unvalidated."""
+    box = mapping(value, "bbox")
+    left, top, right, bottom = (number(box.get(side), f"bbox.{side}")
+                                for side in ("left", "top", "right", "bottom"))
+    return (left, top, right, bottom)
+
+
+def seconds_range(start: Any, end: Any, what: str = "duration") -> tuple[float, float]:
+    start_sec = number(start, f"{what} start")
+    end_sec = number(end, f"{what} end")
+    if start_sec < 0 or end_sec <= start_sec:
+        raise invalid(f"{what} {start_sec:g}..{end_sec:g} is not a forward range")
+    return start_sec, end_sec

@@ -1,0 +1,64 @@
+"""A plain folder of the user's own videos: `<root>/<identity name>/**/*.{mp4,mov,mkv,webm,avi}`.
+
+Each top-level sub-folder is one identity (`folder:<name>`); every video below it (at any
+depth) is one clip of that person, used whole. Hidden files and folders are ignored. A video
+directly under the root has no identity folder and becomes a failed record saying so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from curation.records import ClipRecord, safe_id
+from curation.sources.common import (
+    VIDEO_EXTENSIONS,
+    FileIndex,
+    invalid,
+    is_utf8,
+    problem_record,
+    unreadable_metadata,
+)
+
+SOURCE = "folder"
+LICENSE = "folder (user-provided)"
+
+
+def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
+    videos = []
+    for path in index.all_file_paths():
+        relative = index.relpath(path)
+        parts = relative.split("/")
+        if any(part.startswith(".") for part in parts):
+            continue
+        if parts[-1].lower().endswith(VIDEO_EXTENSIONS):
+            videos.append((relative, parts, path))
+    used_ids: set[str] = set()
+    records = []
+    for relative, parts, path in videos:
+        clip_id = safe_id("__".join(parts))
+        if clip_id in used_ids:
+            clip_id = safe_id(relative)   # hashed: never equal to another clip's id
+        used_ids.add(clip_id)
+        records.append(_clip_record(clip_id, relative, parts, path))
+    if not records:   # like a missing metadata file: the whole listing is absent
+        records.append(unreadable_metadata(
+            SOURCE, index.root, "(no videos)",
+            f"no videos ({', '.join(VIDEO_EXTENSIONS)}) in sub-folders of the root", LICENSE))
+    records.sort(key=lambda record: (record.clip_id, record.original_clip_id))
+    yield from records
+
+
+def _clip_record(clip_id: str, relative: str, parts: list[str], path: str) -> ClipRecord:
+    if len(parts) < 2:
+        problem = invalid(f"{relative} lies directly under the root; put each person's videos "
+                          f"in a sub-folder named after them")
+        return problem_record(SOURCE, relative, problem, LICENSE, clip_id=clip_id)
+    name = parts[0]
+    if not is_utf8(relative):
+        problem = invalid(f"{relative!r} is not a valid UTF-8 file name; rename it")
+        return problem_record(SOURCE, relative, problem, LICENSE, clip_id=clip_id)
+    return ClipRecord(source=SOURCE, clip_id=clip_id, original_clip_id=relative,
+                      identity_id=f"folder:{name}", source_video_id=f"folder:{name}",
+                      video_path=os.path.abspath(path), license=LICENSE,
+                      extra={"file_name": parts[-1]})
