@@ -1,0 +1,453 @@
+"""Source adapters: official layouts, raw fallbacks, reason codes for bad input, safe ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from _sources_helpers import (
+    CELEBVTEXT_SAMPLE,
+    by_id,
+    celebv_entry,
+    celebvhq_root,
+    touch,
+    tube_clip_name,
+    tube_line,
+    vfhq_meta,
+    write_json,
+    write_tubes,
+)
+
+from curation.records import Reason, safe_id
+from curation.sources import (
+    SOURCE_KINDS,
+    SourceError,
+    enumerate_source,
+    group_identities,
+)
+
+# --- registry -------------------------------------------------------------------------------------
+
+
+def test_unknown_kind_and_missing_root_raise_source_error_at_call_time(tmp_path):
+    with pytest.raises(SourceError, match="unknown source kind"):
+        enumerate_source("youtube", tmp_path)
+    with pytest.raises(SourceError, match="does not exist"):
+        enumerate_source("celebvhq", tmp_path / "nowhere")
+    touch(tmp_path / "a_file")
+    with pytest.raises(SourceError, match="not a folder"):
+        enumerate_source("vfhq", tmp_path / "a_file")
+
+
+@pytest.mark.parametrize("kind", SOURCE_KINDS)
+def test_empty_root_yields_one_unreadable_metadata_record(tmp_path, kind):
+    records = list(enumerate_source(kind, tmp_path))
+    assert len(records) == 1
+    assert records[0].status == "failed"
+    assert records[0].reason == Reason.METADATA_UNREADABLE
+    assert records[0].video_path is None and records[0].identity_id == ""
+
+
+def test_group_identities_keeps_ok_records_only_in_sorted_order(tmp_path):
+    hq = celebvhq_root(tmp_path / "hq", {
+        "bbb_2": celebv_entry("bbb"), "bbb_1": celebv_entry("bbb"),
+        "aaa_1": celebv_entry("aaa"), "gone_1": celebv_entry("gone"),
+    })
+    for key in ("bbb_2", "bbb_1", "aaa_1"):
+        touch(hq / "processed" / f"{key}.mp4")
+    text_root = tmp_path / "cvt"
+    write_json(text_root / "celebvtext_info.json", {"bbb_0_0.mp4": celebv_entry("bbb")})
+    touch(text_root / "videos" / "bbb_0_0.mp4")
+    records = list(enumerate_source("celebvtext", text_root)) + \
+        list(enumerate_source("celebvhq", hq))
+    groups = group_identities(records)
+    assert list(groups) == ["yt:aaa", "yt:bbb"]   # "gone" has no video: not grouped
+    # the same YouTube video in two datasets is one person; clips sorted by (source, clip id)
+    assert [(r.source, r.clip_id) for r in groups["yt:bbb"]] == [
+        ("celebvhq", "bbb_1"), ("celebvhq", "bbb_2"), ("celebvtext", "bbb_0_0")]
+
+
+# --- CelebV-HQ --------------------------------------------------------------------------------
+
+
+def test_celebvhq_prefers_processed_clip_then_raw_video_with_range_and_box(tmp_path):
+    root = celebvhq_root(tmp_path, {
+        "vidA_1": celebv_entry("vidA", attributes={"appearance": [0, 1]}),
+        "vidA_2": celebv_entry("vidA", start=10.0, end=12.5, top=0.0, bottom=0.9,
+                               left=0.25, right=0.75),
+        "vidB_1": celebv_entry("vidB"),
+    })
+    touch(root / "downloaded_celebvhq" / "processed" / "vidA_1.mp4")
+    touch(root / "downloaded_celebvhq" / "raw" / "vidA.mp4")
+    records = list(enumerate_source("celebvhq", root))
+    clips = by_id(records)
+    assert [r.clip_id for r in records] == ["vidA_1", "vidA_2", "vidB_1"]
+
+    processed = clips["vidA_1"]
+    assert processed.ok and not processed.is_raw
+    assert processed.video_path == str(root / "downloaded_celebvhq/processed/vidA_1.mp4")
+    assert processed.bbox_hint_normalized is None and processed.start_sec is None
+    assert processed.identity_id == "yt:vidA" and processed.source_video_id == "vidA"
+    assert processed.extra["attributes"] == {"appearance": [0, 1]}
+    assert processed.license.startswith("CelebV-HQ")
+
+    raw = clips["vidA_2"]
+    assert raw.ok and raw.is_raw
+    assert raw.video_path == str(root / "downloaded_celebvhq/raw/vidA.mp4")
+    assert (raw.start_sec, raw.end_sec) == (10.0, 12.5)
+    assert raw.bbox_hint_normalized == (0.25, 0.0, 0.75, 0.9)
+    assert raw.bbox_hint is None
+
+    missing = clips["vidB_1"]
+    assert (missing.status, missing.reason) == ("skipped", Reason.VIDEO_MISSING)
+    assert missing.identity_id == "yt:vidB" and missing.video_path is None
+    assert "vidB_1.mp4" in missing.message
+
+
+@pytest.mark.parametrize(("entry", "reason"), [
+    (celebv_entry("v", left=1.3, right=1.6), Reason.BBOX_OUTSIDE_FRAME),
+    (celebv_entry("v", top=-0.5), Reason.BBOX_OUTSIDE_FRAME),
+    (celebv_entry("v", left=0.5, right=0.5), Reason.BBOX_OUTSIDE_FRAME),   # degenerate
+    (celebv_entry("v", left=0.7, right=0.2), Reason.BBOX_OUTSIDE_FRAME),   # inverted
+    ({"duration": {"start_sec": 1, "end_sec": 2}, "bbox": {}}, Reason.METADATA_ENTRY_INVALID),
+    (celebv_entry("v", start=5.0, end=2.0), Reason.METADATA_ENTRY_INVALID),
+    (celebv_entry("v", start="1.0"), Reason.METADATA_ENTRY_INVALID),
+    (celebv_entry("v", start=True), Reason.METADATA_ENTRY_INVALID),
+    ({**celebv_entry("v"), "bbox": [0, 1, 0, 1]}, Reason.METADATA_ENTRY_INVALID),
+    ("not an object", Reason.METADATA_ENTRY_INVALID),
+])
+def test_celebvhq_bad_entry_gets_reason_and_others_still_enumerate(tmp_path, entry, reason):
+    root = celebvhq_root(tmp_path, {"bad_1": entry, "good_1": celebv_entry("good")})
+    touch(root / "bad_1.mp4")
+    touch(root / "good_1.mp4")
+    clips = by_id(list(enumerate_source("celebvhq", root)))
+    assert (clips["bad_1"].status, clips["bad_1"].reason) == ("failed", reason)
+    assert clips["bad_1"].video_path is None and clips["bad_1"].message
+    assert clips["good_1"].ok
+
+
+def test_small_box_overshoot_is_clamped_not_rejected(tmp_path):
+    root = celebvhq_root(tmp_path, {"v_1": celebv_entry("v", top=-0.01, right=1.01)})
+    touch(root / "v.mp4")
+    (record,) = enumerate_source("celebvhq", root)
+    assert record.ok and record.bbox_hint_normalized == (0.2, 0.0, 1.0, 0.8)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00binary", b"[1, 2, 3]",
+                                     b'{"clips": []}', b""])
+def test_celebvhq_unreadable_metadata_is_one_record(tmp_path, content):
+    touch(tmp_path / "celebvhq_info.json", content)
+    records = list(enumerate_source("celebvhq", tmp_path))
+    assert len(records) == 1
+    record = records[0]
+    assert (record.status, record.reason) == ("failed", Reason.METADATA_UNREADABLE)
+    assert record.clip_id == safe_id("celebvhq_info.json") and record.video_path is None
+
+
+def test_second_metadata_file_unreadable_first_still_enumerates(tmp_path):
+    celebvhq_root(tmp_path / "a", {"v_1": celebv_entry("v")})
+    touch(tmp_path / "b" / "celebvhq_info.json", b"{broken")
+    touch(tmp_path / "v_1.mp4")
+    records = list(enumerate_source("celebvhq", tmp_path))
+    assert [(r.reason, r.original_clip_id) for r in records] == [
+        (Reason.METADATA_UNREADABLE, "celebvhq_info.json"), (None, "v_1")]
+    assert "b/celebvhq_info.json" in records[0].message
+
+
+def test_unsafe_clip_keys_get_safe_ids_and_cannot_escape_the_root(tmp_path):
+    root = tmp_path / "root"
+    # a video exists just outside the root, under the name a traversal key would reach
+    touch(tmp_path / "escape.mp4")
+    celebvhq_root(root, {
+        "../escape": celebv_entry("escape"),
+        "clip with space/é": celebv_entry("ok-video"),
+    })
+    touch(root / "raw" / "ok-video.mp4")
+    clips = by_id(list(enumerate_source("celebvhq", root)))
+    escaped = clips["../escape"]
+    assert escaped.reason == Reason.VIDEO_MISSING and escaped.video_path is None
+    assert escaped.clip_id == safe_id("../escape") and "/" not in escaped.clip_id
+    assert not escaped.clip_id.startswith(".")
+    odd = clips["clip with space/é"]
+    assert odd.ok and odd.is_raw and odd.clip_id == safe_id("clip with space/é")
+    assert all(c.isalnum() or c in "._-" for c in odd.clip_id)
+
+
+def test_symlink_pointing_outside_the_root_is_ignored(tmp_path):
+    outside = touch(tmp_path / "elsewhere" / "v_1.mp4")
+    root = celebvhq_root(tmp_path / "root", {"v_1": celebv_entry("v"), "w_1": celebv_entry("w")})
+    os.symlink(outside, root / "v_1.mp4")
+    touch(tmp_path / "root" / "real" / "w.mp4")
+    os.symlink(root / "real" / "w.mp4", root / "w_1.mp4")   # inside the root: followed
+    clips = by_id(list(enumerate_source("celebvhq", root)))
+    assert clips["v_1"].reason == Reason.VIDEO_MISSING
+    assert "outside the source root" in clips["v_1"].message
+    assert clips["w_1"].ok and clips["w_1"].video_path == str(root / "w_1.mp4")
+
+
+def test_enumeration_is_deterministic(tmp_path):
+    root = celebvhq_root(tmp_path, {f"v{i}_{j}": celebv_entry(f"v{i}")
+                                    for i in (3, 1, 2) for j in (2, 1)})
+    for i in (1, 2):
+        touch(root / f"v{i}.mp4")
+    first = list(enumerate_source("celebvhq", root))
+    assert first == list(enumerate_source("celebvhq", root))
+    assert [r.clip_id for r in first] == sorted(r.clip_id for r in first)
+
+
+# --- CelebV-Text ----------------------------------------------------------------------------
+
+
+def test_celebvtext_real_excerpt_enumerates_processed_clips(tmp_path):
+    shutil.copy(CELEBVTEXT_SAMPLE, tmp_path / "celebvtext_info.json")
+    sample = json.loads(CELEBVTEXT_SAMPLE.read_text())
+    for key in sample:
+        touch(tmp_path / "videos" / key)
+    records = list(enumerate_source("celebvtext", tmp_path))
+    assert len(records) == len(sample) == 6
+    assert all(r.ok and not r.is_raw and r.bbox_hint_normalized is None for r in records)
+    clips = by_id(records)
+    first = clips["oC9r-CTbToE_0_0"]
+    assert first.video_path == str(tmp_path / "videos" / "oC9r-CTbToE_0_0.mp4")
+    assert first.identity_id == "yt:oC9r-CTbToE" and first.source_video_id == "oC9r-CTbToE"
+    assert first.extra["metadata_key"] == "oC9r-CTbToE_0_0.mp4"
+    assert first.extra["source_range"] == {"start_sec": 58.07, "end_sec": 76.27}
+    assert first.extra["meta_video_names"] == "oC9r-CTbToE_0"
+    assert clips["-lPQTvZIogI_181_1"].clip_id == "-lPQTvZIogI_181_1"
+    groups = group_identities(records)
+    assert len(groups) == 5 and len(groups["yt:oC9r-CTbToE"]) == 2
+
+
+def test_celebvtext_real_excerpt_with_raw_videos_only(tmp_path):
+    shutil.copy(CELEBVTEXT_SAMPLE, tmp_path / "celebvtext_info.json")
+    touch(tmp_path / "raw" / "xaC6MDNDlYE.mp4")
+    clips = by_id(list(enumerate_source("celebvtext", tmp_path)))
+    raw = clips["xaC6MDNDlYE_45_0"]
+    assert raw.ok and raw.is_raw and (raw.start_sec, raw.end_sec) == (222.92, 230.48)
+    assert raw.bbox_hint_normalized == (0.0, 0.0035, 0.2821, 0.757)
+    others = [r for k, r in clips.items() if k != "xaC6MDNDlYE_45_0"]
+    assert {(r.status, r.reason) for r in others} == {("skipped", Reason.VIDEO_MISSING)}
+
+
+def test_celebvtext_readme_shape_pixel_box_and_frame_ranges(tmp_path):
+    write_json(tmp_path / "celebvtext_info.json", {"clips": {
+        "0-5BrmyFsYM_0": {"ytb_id": "0-5BrmyFsYM",
+                          "duration": {"start_sec": 0.0, "end_sec": 9.64},
+                          "bbox": {"top": 0, "bottom": 937, "left": 849, "right": 1872}},
+        "00-30GQl0TM_7": {"ytb_id": "00-30GQl0TM",
+                          "duration": {"start_frame": 415.29, "end_frame": 420.88},
+                          "bbox": {"top": 0, "bottom": 1183, "left": 665, "right": 1956}},
+        "frames_1": {"ytb_id": "frames", "duration": {"start_frame": 10, "end_frame": 250},
+                     "bbox": {"top": 5, "bottom": 600, "left": 10, "right": 400}},
+        "neg_1": {"ytb_id": "neg", "duration": {"start_sec": 0, "end_sec": 1},
+                  "bbox": {"top": -40, "bottom": 600, "left": 10, "right": 400}},
+    }})
+    for ytb_id in ("0-5BrmyFsYM", "00-30GQl0TM", "frames", "neg"):
+        touch(tmp_path / "raw" / f"{ytb_id}.mp4")
+    clips = by_id(list(enumerate_source("celebvtext", tmp_path)))
+    seconds = clips["0-5BrmyFsYM_0"]
+    assert seconds.ok and seconds.is_raw and seconds.bbox_hint == (849, 0, 1872, 937)
+    assert seconds.bbox_hint_normalized is None and seconds.end_sec == 9.64
+    fractional = clips["00-30GQl0TM_7"]   # the README's comment calls these times
+    assert (fractional.start_sec, fractional.end_sec) == (415.29, 420.88)
+    assert fractional.start_frame is None
+    frames = clips["frames_1"]
+    assert (frames.start_frame, frames.end_frame) == (10, 250) and frames.start_sec is None
+    assert clips["neg_1"].reason == Reason.BBOX_OUTSIDE_FRAME
+
+
+def test_celebvtext_carries_description_texts_when_present(tmp_path):
+    write_json(tmp_path / "celebvtext_info.json", {"a_0_0.mp4": celebv_entry("a")})
+    touch(tmp_path / "videos" / "a_0_0.mp4")
+    (tmp_path / "texts" / "emotion").mkdir(parents=True)
+    (tmp_path / "texts" / "emotion" / "a_0_0.txt").write_text("She smiles.\n\nShe laughs.\n")
+    touch(tmp_path / "texts" / "action" / "a_0_0.txt", b"\xff\xfe bad utf-8")
+    (record,) = enumerate_source("celebvtext", tmp_path)
+    assert record.ok and record.extra["texts"] == {"emotion": ["She smiles.", "She laughs."]}
+
+
+def test_celebvtext_flat_entry_that_is_not_an_object(tmp_path):
+    write_json(tmp_path / "celebvtext_info.json",
+               {"a_0_0.mp4": celebv_entry("a"), "b_0_0.mp4": 7, "c_0_0.mp4": {"ytb_id": "c"}})
+    touch(tmp_path / "a_0_0.mp4")
+    clips = by_id(list(enumerate_source("celebvtext", tmp_path)))
+    assert clips["a_0_0"].ok
+    assert clips["b_0_0"].reason == Reason.METADATA_ENTRY_INVALID
+    assert clips["c_0_0"].reason == Reason.METADATA_ENTRY_INVALID
+    assert clips["c_0_0"].identity_id == "yt:c"
+
+
+# --- VFHQ -----------------------------------------------------------------------------------------
+
+CLIP = "Clip+abcDEF12345+P0+C3+F100-200"
+
+
+def test_vfhq_processed_mp4_frames_folder_and_raw_video(tmp_path):
+    vfhq_meta(tmp_path, CLIP)
+    touch(tmp_path / "clips" / f"{CLIP}.mp4")
+    frames_clip = "Clip+abcDEF12345+P1+C0+F5-60"
+    vfhq_meta(tmp_path, frames_clip)
+    touch(tmp_path / "frames" / frames_clip / "00000000.png")
+    raw_clip = "Clip+rawvid+P2+C1+F1000-1100"
+    vfhq_meta(tmp_path, raw_clip, height=720, width=1280, crop=(320, 72, 960, 648))
+    touch(tmp_path / "raw" / "rawvid.mp4")
+    clips = by_id(list(enumerate_source("vfhq", tmp_path)))
+
+    processed = clips[CLIP]
+    assert processed.ok and not processed.is_raw and processed.start_frame is None
+    assert processed.identity_id == "vfhq:abcDEF12345:P0"
+    assert processed.source_video_id == "abcDEF12345"
+    assert processed.clip_id == safe_id(CLIP) and "+" not in processed.clip_id
+    assert processed.video_path == str(tmp_path / "clips" / f"{CLIP}.mp4")
+    assert processed.extra["fps"] == 25 and processed.extra["source_frames"] == [100, 200]
+
+    frames = clips[frames_clip]
+    assert frames.ok and frames.video_path == str(tmp_path / "frames" / frames_clip)
+    assert frames.identity_id == "vfhq:abcDEF12345:P1"
+
+    raw = clips[raw_clip]
+    assert raw.ok and raw.is_raw and (raw.start_frame, raw.end_frame) == (1001, 1099)
+    assert raw.bbox_hint_normalized == pytest.approx((0.25, 0.1, 0.75, 0.9))
+
+
+def test_vfhq_video_id_with_plus_is_split_from_the_right(tmp_path):
+    name = "Clip+we+ird+P7+C2+F0-10"
+    vfhq_meta(tmp_path, name)
+    touch(tmp_path / f"{name}.mp4")
+    (record,) = enumerate_source("vfhq", tmp_path)
+    assert record.ok and record.identity_id == "vfhq:we+ird:P7"
+
+
+def test_vfhq_header_with_colons_and_no_size_gives_pixel_hint(tmp_path):
+    vfhq_meta(tmp_path, CLIP, text="FPS: 29.97\nCROP: 10 20 110 220\n0 1 2 3 4\n")
+    touch(tmp_path / "abcDEF12345.mp4")
+    (record,) = enumerate_source("vfhq", tmp_path)
+    assert record.ok and record.is_raw and record.bbox_hint == (10, 20, 110, 220)
+    assert record.bbox_hint_normalized is None and record.extra["fps"] == 29.97
+
+
+@pytest.mark.parametrize(("name", "text", "reason"), [
+    ("Clip+vid+P0+C0+F9-3", None, Reason.METADATA_ENTRY_INVALID),
+    ("Clip+vid+C0+F1-3", None, Reason.METADATA_ENTRY_INVALID),
+    ("Clip+vid+P0+C0+Fx-3", None, Reason.METADATA_ENTRY_INVALID),
+    (CLIP, "H 1080\nW abc\n", Reason.METADATA_ENTRY_INVALID),
+    (CLIP, "H 1080\nW 1920\nCROP 1 2 3\n", Reason.METADATA_ENTRY_INVALID),
+    (CLIP, "H 1080\nW 1920\nCROP 1800 100 2400 700\n", Reason.BBOX_OUTSIDE_FRAME),
+    (CLIP, "H 0\nW 1920\n", Reason.METADATA_ENTRY_INVALID),
+])
+def test_vfhq_bad_metadata_gets_reason(tmp_path, name, text, reason):
+    vfhq_meta(tmp_path, name, text=text)
+    touch(tmp_path / f"{name}.mp4")
+    good = "Clip+good+P0+C0+F0-50"
+    vfhq_meta(tmp_path, good)
+    touch(tmp_path / f"{good}.mp4")
+    clips = by_id(list(enumerate_source("vfhq", tmp_path)))
+    assert (clips[name].status, clips[name].reason) == ("failed", reason)
+    assert clips[good].ok
+
+
+def test_vfhq_unreadable_file_and_missing_clip(tmp_path):
+    touch(tmp_path / "meta_info" / f"{CLIP}.txt", b"H 1080\n\xff\xfe\xfa\n")
+    gone = "Clip+gone+P0+C0+F0-50"
+    vfhq_meta(tmp_path, gone)
+    (tmp_path / "frames" / gone).mkdir(parents=True)     # an empty frames folder is no clip
+    records = list(enumerate_source("vfhq", tmp_path))
+    clips = by_id(records)
+    unreadable = clips[f"{CLIP}.txt"]
+    assert unreadable.reason == Reason.METADATA_UNREADABLE
+    assert unreadable.clip_id == safe_id(f"{CLIP}.txt") and unreadable.identity_id == ""
+    assert (clips[gone].status, clips[gone].reason) == ("skipped", Reason.VIDEO_MISSING)
+    assert clips[gone].identity_id == "vfhq:gone:P0"
+
+
+# --- TalkingHead-1KH -------------------------------------------------------------------------
+
+
+def test_talkinghead_folder_and_zip_listings_are_one_clip_per_tube(tmp_path):
+    lines = [tube_line("ytAAA_0000"), tube_line("ytAAA_0001", s=10, e=50)]
+    write_tubes(tmp_path, {"small": lines[:1], "train": lines}, folder=True, archive=True)
+    touch(tmp_path / "cropped_clips" / f"{tube_clip_name('ytAAA_0000')}.mp4")
+    touch(tmp_path / "raw_videos" / "ytAAA_0001.mp4")
+    records = list(enumerate_source("talkinghead1kh", tmp_path))
+    clips = by_id(records)
+    assert len(records) == 2
+    processed = clips[tube_clip_name("ytAAA_0000")]
+    assert processed.ok and not processed.is_raw and processed.bbox_hint_normalized is None
+    assert processed.extra["splits"] == ["small", "train"]
+    assert processed.identity_id == "yt:ytAAA" and processed.source_video_id == "ytAAA"
+    raw = clips[tube_clip_name("ytAAA_0001", s=10, e=50)]
+    assert raw.ok and raw.is_raw and (raw.start_frame, raw.end_frame) == (10, 50)
+    assert raw.video_path == str(tmp_path / "raw_videos" / "ytAAA_0001.mp4")
+    assert raw.bbox_hint_normalized == pytest.approx((300 / 1280, 100 / 720, 700 / 1280,
+                                                      500 / 720))
+    assert group_identities(records).keys() == {"yt:ytAAA"}
+
+
+def test_talkinghead_reads_the_zip_alone_without_extracting(tmp_path):
+    write_tubes(tmp_path, {"val": [tube_line("yt_id_with_underscore_0003")]}, folder=False,
+                archive=True)
+    touch(tmp_path / f"{tube_clip_name('yt_id_with_underscore_0003')}.mp4")
+    (record,) = enumerate_source("talkinghead1kh", tmp_path)
+    assert record.ok and record.identity_id == "yt:yt_id_with_underscore"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "data_list.zip", f"{tube_clip_name('yt_id_with_underscore_0003')}.mp4"]
+
+
+def test_talkinghead_bad_lines_boxes_and_missing_videos(tmp_path):
+    write_tubes(tmp_path, {"train": [
+        tube_line("good_0000"),
+        "only,three,fields",
+        tube_line("nums_0000", h="x"),
+        tube_line("outside_0000", left=1500, right=1900),
+        tube_line("gone_0000"),
+        "",
+    ]}, folder=True, archive=True)
+    for name in ("good_0000", "nums_0000", "outside_0000"):
+        touch(tmp_path / f"{name}.mp4")
+    records = list(enumerate_source("talkinghead1kh", tmp_path))
+    clips = by_id(records)
+    assert clips[tube_clip_name("good_0000")].ok
+    # a bad line listed in both the folder and the zip is reported once
+    assert clips["train_video_tubes.txt:2"].reason == Reason.METADATA_ENTRY_INVALID
+    assert clips["train_video_tubes.txt:3"].reason == Reason.METADATA_ENTRY_INVALID
+    outside = clips[tube_clip_name("outside_0000", left=1500, right=1900)]
+    assert outside.reason == Reason.BBOX_OUTSIDE_FRAME and outside.identity_id == "yt:outside"
+    gone = clips[tube_clip_name("gone_0000")]
+    assert (gone.status, gone.reason) == ("skipped", Reason.VIDEO_MISSING)
+    assert len(records) == 5
+
+
+def test_talkinghead_broken_zip_is_one_unreadable_record(tmp_path):
+    write_tubes(tmp_path, {"small": [tube_line("v_0000")]}, folder=True)
+    touch(tmp_path / "data_list.zip", b"PK\x03\x04 this is no zip")
+    touch(tmp_path / f"{tube_clip_name('v_0000')}.mp4")
+    records = list(enumerate_source("talkinghead1kh", tmp_path))
+    assert [(r.reason, r.original_clip_id) for r in records] == [
+        (Reason.METADATA_UNREADABLE, "data_list.zip"), (None, tube_clip_name("v_0000"))]
+
+
+# --- folder ---------------------------------------------------------------------------------------
+
+
+def test_folder_source_one_identity_per_subfolder(tmp_path):
+    touch(tmp_path / "alice" / "one.mp4")
+    touch(tmp_path / "alice" / "one.mov")           # same stem, other container: another clip
+    touch(tmp_path / "alice" / "deeper" / "two.MKV")
+    touch(tmp_path / "alice" / "notes.txt")
+    touch(tmp_path / "bob smith" / "x.webm")
+    touch(tmp_path / ".hidden" / "y.mp4")
+    touch(tmp_path / "loose.mp4")
+    records = list(enumerate_source("folder", tmp_path))
+    clips = by_id(records)
+    assert set(clips) == {"alice/one.mp4", "alice/one.mov", "alice/deeper/two.MKV",
+                          "bob smith/x.webm", "loose.mp4"}
+    assert clips["loose.mp4"].reason == Reason.METADATA_ENTRY_INVALID
+    assert clips["alice/deeper/two.MKV"].identity_id == "folder:alice"
+    assert clips["bob smith/x.webm"].source_video_id == "folder:bob smith"
+    assert len({r.clip_id for r in records}) == len(records)
+    groups = group_identities(records)
+    assert list(groups) == ["folder:alice", "folder:bob smith"]
+    assert len(groups["folder:alice"]) == 3
+    assert all(r.license == "folder (user-provided)" for r in records)
