@@ -1,0 +1,220 @@
+"""Parquet manifests of an MFHQ build: explicit versioned schemas, atomic part writers, readers.
+
+Layout under the manifests folder:
+
+    clips/part-enumeration.parquet      clips that failed or were skipped while enumerating
+    clips/part-<split>-NNNNNN.parquet   clips of the identities of one shard
+    faces/part-<split>-NNNNNN.parquet   every face considered for those identities
+    identities/part-<split>-NNNNNN.parquet
+    shards.parquet                      one row per written shard
+    run.json, plan.json                 run record and the shard plan (with the config hash)
+
+Each folder reads as one dataset (`pd.read_parquet("manifests/faces")`); temporary files start
+with "." so dataset readers skip them. Every part carries `mfhq.table` and
+`mfhq.schema_version` in its schema metadata; shard parts also carry the shard's sha256.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+TABLES = ("clips", "faces", "identities")
+ENUMERATION_PART = "part-enumeration.parquet"
+
+META_TABLE = b"mfhq.table"
+META_VERSION = b"mfhq.schema_version"
+META_SHARD_SHA256 = b"mfhq.shard_sha256"
+META_SHARD = b"mfhq.shard"
+
+
+def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={META_TABLE: name.encode(),
+                                       META_VERSION: str(SCHEMA_VERSION).encode()})
+
+
+CLIPS_SCHEMA = _schema("clips", [
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("original_clip_id", pa.string()),
+    pa.field("identity_id", pa.string()),
+    pa.field("source_video_id", pa.string()),
+    pa.field("video_path", pa.string()),
+    pa.field("is_raw", pa.bool_()),
+    pa.field("status", pa.string(), nullable=False),       # ok | skipped | failed
+    pa.field("reason", pa.string()),                        # a Reason value when not ok
+    pa.field("message", pa.string()),
+    pa.field("stage", pa.string()),                         # enumeration | analysis
+    pa.field("start_sec", pa.float64()),
+    pa.field("end_sec", pa.float64()),
+    pa.field("start_frame", pa.int64()),
+    pa.field("end_frame", pa.int64()),
+    pa.field("frames_decoded", pa.int64()),
+    pa.field("width", pa.int64()),
+    pa.field("height", pa.int64()),
+    pa.field("fps", pa.float64()),
+    pa.field("num_frames", pa.int64()),
+    pa.field("n_faces", pa.int64()),                        # faces recorded for this clip
+    pa.field("n_candidates", pa.int64()),                   # of which usable candidates
+    pa.field("analysis_seconds", pa.float64()),
+    pa.field("split", pa.string()),
+    pa.field("shard", pa.string()),
+    pa.field("license", pa.string()),
+    pa.field("extra_json", pa.string()),
+])
+
+FACES_SCHEMA = _schema("faces", [
+    pa.field("identity_id", pa.string(), nullable=False),
+    pa.field("source", pa.string()),
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("frame_index", pa.int64()),
+    pa.field("time_sec", pa.float64()),
+    pa.field("bbox", pa.list_(pa.float64())),               # x0, y0, x1, y1 in source pixels
+    pa.field("det_score", pa.float64()),
+    pa.field("face_size", pa.float64()),
+    pa.field("yaw", pa.float64()),
+    pa.field("pitch", pa.float64()),
+    pa.field("roll", pa.float64()),
+    pa.field("sharpness", pa.float64()),
+    pa.field("pose_cluster", pa.int64()),                   # null: not clustered (rejected)
+    pa.field("quality", pa.float64()),                      # null: not scored
+    pa.field("quality_model", pa.string()),
+    pa.field("selected", pa.bool_(), nullable=False),
+    pa.field("image_index", pa.int64()),                    # 0..7 in the sample when selected
+    pa.field("reason", pa.string()),                        # null when selected
+    pa.field("split", pa.string()),
+    pa.field("shard", pa.string()),
+])
+
+IDENTITIES_SCHEMA = _schema("identities", [
+    pa.field("identity_id", pa.string(), nullable=False),
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("sources", pa.list_(pa.string())),
+    pa.field("source_video_ids", pa.list_(pa.string())),
+    pa.field("n_clips", pa.int64()),
+    pa.field("n_clips_ok", pa.int64()),
+    pa.field("n_candidates", pa.int64()),
+    pa.field("n_pose_clusters", pa.int64()),
+    pa.field("n_scored", pa.int64()),
+    pa.field("yaw_std", pa.float64()),                      # of the selected faces
+    pa.field("pitch_std", pa.float64()),
+    pa.field("yaw_range", pa.float64()),
+    pa.field("pitch_range", pa.float64()),
+    pa.field("mean_quality", pa.float64()),                 # of the selected faces
+    pa.field("median_quality_selected", pa.float64()),
+    pa.field("median_quality_scored", pa.float64()),
+    pa.field("quality_model", pa.string()),
+    pa.field("status", pa.string(), nullable=False),        # kept | dropped
+    pa.field("reason", pa.string()),
+    pa.field("message", pa.string()),
+])
+
+SHARDS_SCHEMA = _schema("shards", [
+    pa.field("path", pa.string(), nullable=False),          # relative to the shards folder
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("samples", pa.int64(), nullable=False),
+    pa.field("bytes", pa.int64(), nullable=False),
+    pa.field("sha256", pa.string(), nullable=False),
+])
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "clips": CLIPS_SCHEMA, "faces": FACES_SCHEMA, "identities": IDENTITIES_SCHEMA,
+    "shards": SHARDS_SCHEMA,
+}
+
+
+def to_table(name: str, rows: list[dict[str, Any]], extra_metadata: dict[bytes, bytes] | None
+             = None) -> pa.Table:
+    """Rows (dicts keyed by field name; missing keys are null) as a table of schema `name`."""
+    schema = SCHEMAS[name]
+    if extra_metadata:
+        schema = schema.with_metadata({**schema.metadata, **extra_metadata})
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file under a hidden temporary name, fsync it, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def part_name(shard: str) -> str:
+    """Manifest part file name of a shard given as 'train/mfhq-train-000000.tar'."""
+    split, base = shard.split("/", 1)
+    index = base.rsplit("-", 1)[1].split(".", 1)[0]
+    return f"part-{split}-{index}.parquet"
+
+
+def part_paths(manifests_dir: Path, shard: str) -> dict[str, Path]:
+    name = part_name(shard)
+    return {table: manifests_dir / table / name for table in TABLES}
+
+
+def write_shard_parts(manifests_dir: Path, shard: str, shard_sha256: str,
+                      rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Write the clips/faces/identities parts of one shard; each records the shard's sha256."""
+    meta = {META_SHARD_SHA256: shard_sha256.encode(), META_SHARD: shard.encode()}
+    for table, path in part_paths(manifests_dir, shard).items():
+        write_table_atomic(to_table(table, rows.get(table, []), meta), path)
+
+
+def part_shard_sha256(path: Path) -> str | None:
+    """The shard sha256 recorded in a part's metadata, or None if unreadable/absent."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    value = meta.get(META_SHARD_SHA256)
+    return value.decode() if value else None
+
+
+def read_table(manifests_dir: Path | str, name: str) -> pa.Table:
+    """One manifest table (all its parts) with its declared schema; empty if none written."""
+    manifests_dir = Path(manifests_dir)
+    schema = SCHEMAS[name]
+    if name == "shards":
+        path = manifests_dir / "shards.parquet"
+        return pq.read_table(path, schema=schema) if path.exists() else schema.empty_table()
+    folder = manifests_dir / name
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        return schema.empty_table()
+    return pads.dataset(folder, schema=schema, format="parquet").to_table()
+
+
+def read_frame(manifests_dir: Path | str, name: str):
+    """A manifest table as a pandas DataFrame."""
+    return read_table(manifests_dir, name).to_pandas()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
