@@ -82,3 +82,39 @@ def by_id(records: list[ClipRecord]) -> dict[str, ClipRecord]:
     result = {record.original_clip_id: record for record in records}
     assert len(result) == len(records), "original clip ids repeat"
     return result
+
+
+# --- random layouts for the property test -------------------------------------------------------
+
+def write_random_layout(root: Path, kind: str, names: list[str], documents: list,
+                        blobs: list[bytes], make_videos: bool) -> None:
+    """Fill `root` with metadata for `kind` built from hypothesis-drawn names/values/bytes."""
+    if kind in ("celebvhq", "celebvtext"):
+        meta = root / f"{kind}_info.json"
+        document = documents[0] if documents else {}
+        if blobs and blobs[0][:1] == b"!":
+            touch(meta, blobs[0])
+        elif isinstance(document, dict) and kind == "celebvhq" and len(documents) > 1:
+            write_json(meta, {"clips": dict(zip(names, documents[1:], strict=False))})
+        else:
+            write_json(meta, dict(zip(names, documents, strict=False)) if names else document)
+        if make_videos:
+            for name in names:
+                touch(root / "videos" / f"{name}.mp4")
+    elif kind == "vfhq":
+        for name, blob in zip(names, blobs or [b""], strict=False):
+            touch(root / "meta" / f"Clip+{name}.txt", blob)
+            if make_videos:
+                touch(root / "clips" / f"Clip+{name}.mp4")
+    elif kind == "talkinghead1kh":
+        text = "\n".join(",".join([name, *(str(v) for v in documents[:8])]) for name in names)
+        touch(root / "data_list" / "train_video_tubes.txt", text.encode("utf-8"))
+        if blobs:
+            touch(root / "data_list.zip", blobs[0])
+        if make_videos:
+            for name in names:
+                touch(root / f"{name}.mp4")
+    else:
+        for index, name in enumerate(names):
+            touch(root / (name if index % 2 else "person") / f"{name}.mp4", blobs[0] if blobs
+                  else b"x")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from _sources_helpers import (
@@ -17,8 +19,11 @@ from _sources_helpers import (
     tube_line,
     vfhq_meta,
     write_json,
+    write_random_layout,
     write_tubes,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from curation.records import Reason, safe_id
 from curation.sources import (
@@ -451,3 +456,51 @@ def test_folder_source_one_identity_per_subfolder(tmp_path):
     assert list(groups) == ["folder:alice", "folder:bob smith"]
     assert len(groups["folder:alice"]) == 3
     assert all(r.license == "folder (user-provided)" for r in records)
+
+
+# --- property: any metadata yields records, never an exception ----------------------------------
+
+_file_name_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00")
+_names = st.lists(st.text(_file_name_chars, min_size=1, max_size=40)
+                  .filter(lambda name: name not in (".", "..")), max_size=6, unique=True)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["ytb_id", "duration", "bbox", "start_sec", "end_sec",
+                                       "top", "bottom", "left", "right", "start_frame",
+                                       "end_frame", "clips", "x"]), children, max_size=6),
+    max_leaves=20)
+_SAFE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(kind=st.sampled_from(SOURCE_KINDS), names=_names,
+       documents=st.lists(_json, max_size=7), blobs=st.lists(st.binary(max_size=64), max_size=2),
+       make_videos=st.booleans())
+def test_random_metadata_never_raises_and_records_are_valid(kind, names, documents, blobs,
+                                                            make_videos):
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        write_random_layout(root, kind, names, documents, blobs, make_videos)
+        records = list(enumerate_source(kind, root))
+        ok_ids = [r.clip_id for r in records if r.ok]
+        assert len(ok_ids) == len(set(ok_ids))
+        for record in records:
+            assert record.source == kind
+            assert record.status in ("ok", "skipped", "failed")
+            assert (record.reason is None) == record.ok
+            assert record.reason is None or record.reason in set(Reason)
+            assert record.clip_id and set(record.clip_id) <= _SAFE_CHARS
+            assert not record.clip_id.startswith(".")
+            json.dumps(record.to_row()).encode("utf-8")
+            for text in (record.original_clip_id, record.identity_id, record.message,
+                         record.source_video_id, record.video_path or ""):
+                text.encode("utf-8")
+            if record.ok:
+                assert record.identity_id and os.path.exists(record.video_path)
+                assert record.video_path.startswith(str(root) + os.sep)
+            else:
+                assert record.video_path is None
+        assert records == list(enumerate_source(kind, root))
