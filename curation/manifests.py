@@ -138,6 +138,9 @@ def to_table(name: str, rows: list[dict[str, Any]], extra_metadata: dict[bytes, 
     if extra_metadata:
         schema = schema.with_metadata({**schema.metadata, **extra_metadata})
     columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    for f in schema:
+        if not f.nullable and any(v is None for v in columns[f.name]):
+            raise ValueError(f"manifest {name}: required field {f.name!r} is missing in a row")
     return pa.Table.from_pydict(columns, schema=schema)
 
 

@@ -168,14 +168,14 @@ def describe_face_detector(config: BuildConfig) -> dict[str, Any]:
     if config.face_detector == "mediapipe":
         return {"detector": "mediapipe", "weights": "bundled with mediapipe",
                 "version": _version("mediapipe")}
-    root = Path(config.insightface_root or Path.home() / ".insightface").expanduser()
-    model = root / "models" / "buffalo_l" / "det_10g.onnx"
-    if not model.exists():
-        raise FileNotFoundError(
-            f"insightface face detector weights not found: {model}. Put buffalo_l's det_10g.onnx "
-            "there (or pass --insightface-root DIR holding models/buffalo_l/), or use the "
-            "bundled offline detector with --face-detector mediapipe.")
+    from curation.detection import scrfd_model_path
+
+    model = scrfd_model_path(insightface_root(config))   # FileNotFoundError names the fix
     return {"detector": "insightface", "weights": str(model), "sha256": file_sha256(model)}
+
+
+def insightface_root(config: BuildConfig) -> str:
+    return str(Path(config.insightface_root or Path.home() / ".insightface").expanduser())
 
 
 def _opt_str(value) -> str | None:
@@ -248,7 +248,8 @@ def builder_settings(config: BuildConfig, device: str) -> BuilderSettings:
             "sample_fps": config.sample_fps, "max_frames_per_clip": config.max_frames_per_clip,
             "detect_max_side": config.detect_max_side, "min_face_size": config.min_face_size,
             "crop_size": config.crop_size, "face_detector": config.face_detector,
-            "insightface_root": config.insightface_root,
+            "insightface_root": (insightface_root(config)
+                                 if config.face_detector == "insightface" else None),
             "clip_time_limit_s": config.clip_time_limit_s,
         })
 
