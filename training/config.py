@@ -1,0 +1,175 @@
+"""Trainer configuration: dataclasses, the named presets, and plain-dict round trips.
+
+Configs are stored inside checkpoints as plain dicts (str/int/float/bool/None/lists), so a
+checkpoint loads with `torch.load(weights_only=True)` and still knows how to rebuild its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "vit_scratch"          # key in training.model.BACKBONES
+    timm_name: str = ""                # for name == "timm": a timm model name
+    weights: str = ""                  # local weight file for timm backbones ("" = random init)
+    patch_size: int = 8                # vit_scratch only
+    width: int = 96                    # vit_scratch only
+    depth: int = 2                     # vit_scratch only
+    heads: int = 4                     # vit_scratch only
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class EncoderConfig:
+    num_tokens: int = 16               # N (paper: 256)
+    dim: int = 64                      # D (paper: 1280)
+    heads: int = 4
+    cross_blocks: int = 2
+    self_blocks: int = 2
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class MTDConfig:
+    patch_size: int = 8
+    dim: int = 64
+    heads: int = 4
+    cross_blocks: int = 1
+    self_blocks: int = 1
+    mlp_ratio: float = 4.0
+    mask_ratio: float = 0.95
+    loss: str = "l1"                   # "l1" | "l2"
+
+
+@dataclass
+class FlowConfig:
+    patch_size: int = 8
+    dim: int = 64
+    heads: int = 4
+    depth: int = 2
+    mlp_ratio: float = 4.0
+    prompt_tokens: int = 4             # learned stand-in for the fixed prompt "photo of a person."
+    ip_scale: float = 1.0              # weight of the decoupled identity attention
+    logit_mean: float = 0.0            # logit-normal timestep sampling
+    logit_std: float = 1.0
+    sample_steps: int = 20             # Euler steps of the sampler
+    latent: str = "pixel"              # "pixel" (no VAE); a VAE codec plugs in behind this name
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 64
+    n_in: int = 3
+    n_tgt: int = 8
+    shuffle_buffer: int = 64
+    workers: int = 0
+    samples_per_epoch: int = 10_000    # per rank; `with_epoch` sizing
+    resampled: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    backbone_lr_scale: float = 1.0     # fine-tuning a pretrained backbone: usually < 1
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0             # 0 disables EMA
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    stage: str = "mtd"                 # "mtd" | "flow"
+    shards: str = ""
+    test_shards: str = ""
+    out: str = "runs/omni-id"
+    init: str = ""                     # encoder checkpoint for the flow stage
+    resume: bool = False
+    max_steps: int = 100
+    batch_size: int = 4                # per process
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 50
+    keep_checkpoints: int = 3
+    eval_every: int = 0                # 0: no eval during training
+    eval_samples: int = 16
+    max_nonfinite: int = 5             # consecutive non-finite steps before stopping
+    device: str = "auto"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    mtd: MTDConfig = field(default_factory=MTDConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def tiny() -> TrainConfig:
+    """CPU-sized: 64 px, patch 8, dims 64-96. Trains in seconds on two cores."""
+    return TrainConfig(preset="tiny")
+
+
+def paper() -> TrainConfig:
+    """The paper's encoder: CLIP ViT-H/14 (fine-tuned) -> 256 x 1280 identity tokens.
+
+    Block counts and decoder sizes are our choices where the paper's text does not give them.
+    """
+    return TrainConfig(
+        preset="paper",
+        max_steps=100_000,
+        batch_size=16,
+        log_every=50,
+        ckpt_every=2000,
+        backbone=BackboneConfig(
+            name="timm", timm_name="vit_huge_patch14_clip_224",
+            weights="weights/vit_huge_patch14_clip_224.pth", grad_checkpointing=True,
+        ),
+        encoder=EncoderConfig(num_tokens=256, dim=1280, heads=16, cross_blocks=4, self_blocks=4),
+        mtd=MTDConfig(patch_size=16, dim=768, heads=12, cross_blocks=4, self_blocks=4),
+        flow=FlowConfig(patch_size=16, dim=768, heads=12, depth=12, prompt_tokens=8),
+        data=DataConfig(image_size=224, shuffle_buffer=2000, workers=8,
+                        samples_per_epoch=100_000),
+        optim=OptimConfig(lr=1e-4, backbone_lr_scale=0.1, warmup_steps=2000, ema_decay=0.9999),
+    )
+
+
+PRESETS = {"tiny": tiny, "paper": paper}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}, expected one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def to_dict(config: Any) -> dict:
+    """A plain nested dict (tuples become lists) that `weights_only` unpickling accepts."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def from_dict(cls: type, values: dict) -> Any:
+    """Rebuild a (nested) config dataclass; unknown keys are ignored, missing keys default."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        nested = f.default_factory
+        if isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            value = from_dict(nested, value)
+        elif isinstance(value, list) and f.name == "betas":
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,287 @@
+"""WebDataset pipeline: MFHQ identity shards -> few-to-many training examples.
+
+One sample (one identity, `training.sample_format`) becomes one example:
+    inputs  uint8 [n_in, 3, S, S]    the images the encoder sees
+    targets uint8 [n_tgt, 3, S, S]   the images the decoders reconstruct (inputs may be among them)
+    masks   uint8 [n_tgt, 1, S, S]   the targets' face masks (0/255)
+Batches stay uint8 until they reach the device (4x less to move between processes).
+
+Only `.json`, `.jpg` and `.png` members are decoded, by our own functions; nothing is unpickled.
+A corrupt member drops that view, a sample without enough good views is skipped, and an unreadable
+shard is skipped; all three are counted (`DataStats`) and never stop training.
+
+Training streams are resampled, split by node (rank) and by DataLoader worker, shuffled, sized
+with `with_epoch`, and fully determined by (seed, epoch, rank, stream): each batch carries the
+raw position its stream reached, so a resumed run skips exactly the samples already consumed
+and continues with the same batches as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import IterableDataset
+
+from training.config import DataConfig
+from training.sample_format import IMAGES_PER_IDENTITY, JSON_EXT, image_ext, mask_ext
+
+STATS_FIELDS = ("samples_ok", "samples_skipped", "members_skipped", "shards_failed")
+
+
+@dataclass
+class DataStats:
+    samples_ok: int = 0
+    samples_skipped: int = 0
+    members_skipped: int = 0
+    shards_failed: int = 0
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.tensor([getattr(self, f) for f in STATS_FIELDS], dtype=torch.int64)
+
+
+def stable_seed(*parts: object) -> int:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def expand_urls(urls: str | list[str]) -> list[str]:
+    """Brace patterns and '::'-joined lists -> a list of shard URLs (paths, file:, http, pipe:)."""
+    if isinstance(urls, str):
+        urls = [urls]
+    out: list[str] = []
+    for spec in urls:
+        out.extend(wds.shardlists.expand_urls(spec))
+    if not out:
+        raise ValueError(f"no shards in {urls!r}")
+    return out
+
+
+def decode_rgb(data: bytes, size: int) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 [3, size, size]."""
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def decode_mask(data: bytes, size: int) -> np.ndarray:
+    """PNG mask bytes -> uint8 [1, size, size] with values 0/255."""
+    image = Image.open(io.BytesIO(data)).convert("L")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.where(np.asarray(image) >= 128, 255, 0).astype(np.uint8)[None]
+
+
+@dataclass
+class Identity:
+    key: str
+    record: dict
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    url: str
+
+
+def decode_identity(sample: dict, size: int, stats: DataStats) -> Identity | None:
+    """Decode one raw WebDataset sample; None (and counted) when it is unusable."""
+    try:
+        record = json.loads(sample[JSON_EXT])
+        if not isinstance(record, dict):
+            raise ValueError("record is not an object")
+    except Exception:
+        stats.samples_skipped += 1
+        return None
+    images, masks = [], []
+    for index in range(IMAGES_PER_IDENTITY):
+        image_bytes, mask_bytes = sample.get(image_ext(index)), sample.get(mask_ext(index))
+        if image_bytes is None or mask_bytes is None:
+            continue
+        try:
+            images.append(decode_rgb(image_bytes, size))
+            masks.append(decode_mask(mask_bytes, size))
+        except Exception:
+            stats.members_skipped += 1
+            del images[len(masks):]
+    return Identity(sample.get("__key__", ""), record, images, masks, sample.get("__url__", ""))
+
+
+def few_to_many(identity: Identity, n_in: int, n_tgt: int,
+                rng: random.Random) -> dict[str, np.ndarray]:
+    """Pick n_in input views and n_tgt target views (drawn from all views, inputs included)."""
+    views = list(range(len(identity.images)))
+    inputs = rng.sample(views, n_in)
+    if n_tgt <= len(views):
+        targets = rng.sample(views, n_tgt)
+    else:  # fewer good views than targets: repeat some rather than lose the identity
+        targets = views + [rng.choice(views) for _ in range(n_tgt - len(views))]
+    return {
+        "inputs": np.stack([identity.images[i] for i in inputs]),
+        "targets": np.stack([identity.images[i] for i in targets]),
+        "masks": np.stack([identity.masks[i] for i in targets]),
+    }
+
+
+def collate(examples: list[dict]) -> dict:
+    batch = {k: torch.from_numpy(np.stack([e[k] for e in examples]))
+             for k in ("inputs", "targets", "masks")}
+    batch["keys"] = [e["key"] for e in examples]
+    batch["urls"] = [e["url"] for e in examples]
+    batch["stream"] = examples[-1]["stream"]
+    batch["position"] = examples[-1]["position"]
+    batch["stats"] = examples[-1]["stats"].as_tensor()
+    return batch
+
+
+class CountingHandler:
+    """WebDataset exception handler: count the unreadable shard/member and go on."""
+
+    def __init__(self, stats: DataStats):
+        self.stats = stats
+
+    give_up_after = 50  # failures before any good sample: the URLs are wrong, stop the stream
+
+    def __call__(self, exn: Exception) -> bool:
+        self.stats.shards_failed += 1
+        return self.stats.samples_ok > 0 or self.stats.shards_failed < self.give_up_after
+
+
+def _worker_info() -> tuple[int, int, int, int]:
+    return wds.utils.pytorch_worker_info()
+
+
+class IdentityStream(IterableDataset):
+    """Training stream of few-to-many batches (resampled, infinite within `with_epoch`)."""
+
+    def __init__(self, urls: str | list[str], config: DataConfig, batch_size: int, seed: int):
+        super().__init__()
+        self.urls = expand_urls(urls)
+        self.config = config
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.resume_positions: list[int] = []  # raw samples already consumed, per stream
+        self.resume_batches = 0                # batches of this epoch already consumed (all)
+
+    def num_streams(self) -> int:
+        return max(1, self.config.workers)
+
+    def batches_per_stream(self) -> int:
+        _, world, _, _ = _worker_info()
+        per_rank = math.ceil(self.config.samples_per_epoch / self.batch_size)
+        return max(1, math.ceil(per_rank / self.num_streams()))
+
+    def batches_per_epoch(self) -> int:
+        return self.batches_per_stream() * self.num_streams()
+
+    def set_epoch(self, epoch: int, positions: list[int] | None = None, batches: int = 0) -> None:
+        self.epoch = epoch
+        self.resume_positions = list(positions or [])
+        self.resume_batches = batches
+
+    def stream_shards(self, rank: int, world: int, stream: int) -> list[str]:
+        node = list(wds.split_by_node(self.urls))
+        if not node:  # fewer shards than ranks: ranks share shards rather than starve
+            node = self.urls
+        mine = node[stream::self.num_streams()]
+        return mine or node
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, world, worker, num_workers = _worker_info()
+        streams = self.num_streams()
+        # The loader asks worker 0 first; rotating keeps stream order identical after a resume.
+        stream = (worker + self.resume_batches) % streams
+        done_batches = sum(1 for j in range(self.resume_batches) if j % streams == stream)
+        skip = self.resume_positions[stream] if stream < len(self.resume_positions) else 0
+        remaining = self.batches_per_stream() - done_batches
+        if remaining <= 0:
+            return
+        stats = DataStats()
+        base = (self.seed, self.epoch, rank, stream)
+        shards = wds.ResampledShards(self.stream_shards(rank, world, stream),
+                                     seed=stable_seed("shards", *base), worker_seed=lambda: 0,
+                                     deterministic=True)
+        config = self.config
+
+        def examples(samples: Iterator[dict]) -> Iterator[dict]:
+            for position, sample in enumerate(samples, start=1):
+                if position <= skip:  # consumed before the resume: skipped undecoded
+                    continue
+                identity = decode_identity(sample, config.image_size, stats)
+                if identity is None or len(identity.images) < config.n_in:
+                    if identity is not None:
+                        stats.samples_skipped += 1
+                    continue
+                stats.samples_ok += 1
+                rng = random.Random(stable_seed("views", *base, position))
+                example = few_to_many(identity, config.n_in, config.n_tgt, rng)
+                example.update(key=identity.key, url=identity.url, stream=stream,
+                               position=position, stats=stats)
+                yield example
+
+        pipeline = wds.DataPipeline(
+            shards,
+            wds.tarfile_to_samples(handler=CountingHandler(stats)),
+            wds.shuffle(config.shuffle_buffer, initial=config.shuffle_buffer,
+                        rng=random.Random(stable_seed("shuffle", *base))),
+            examples,
+            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+        ).with_epoch(remaining)
+        yield from pipeline
+
+
+class EvalStream(IterableDataset):
+    """One deterministic pass over test shards (not resampled, not shuffled)."""
+
+    def __init__(self, urls: str | list[str], config: DataConfig, batch_size: int,
+                 n_in: int | None = None, max_samples: int | None = None, seed: int = 0):
+        super().__init__()
+        self.urls = expand_urls(urls)
+        self.config = config
+        self.batch_size = batch_size
+        self.n_in = n_in or config.n_in
+        self.max_samples = max_samples
+        self.seed = seed
+        self.stats = DataStats()
+
+    def __iter__(self) -> Iterator[dict]:
+        stats = DataStats()
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(self.urls),
+            wds.split_by_node,
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=CountingHandler(stats)),
+        )
+        pending: list[dict] = []
+        count = 0
+        for sample in pipeline:
+            if self.max_samples is not None and count >= self.max_samples:
+                break
+            identity = decode_identity(sample, self.config.image_size, stats)
+            if identity is None or len(identity.images) < self.n_in:
+                if identity is not None:
+                    stats.samples_skipped += 1
+                continue
+            stats.samples_ok += 1
+            count += 1
+            rng = random.Random(stable_seed("eval", self.seed, identity.key))
+            example = few_to_many(identity, self.n_in, self.config.n_tgt, rng)
+            example.update(key=identity.key, url=identity.url, stream=0, position=count,
+                           stats=stats)
+            pending.append(example)
+            if len(pending) == self.batch_size:
+                yield collate(pending)
+                pending = []
+        if pending:
+            yield collate(pending)
+        self.stats = stats

@@ -1,0 +1,94 @@
+"""Identity tokens for a set of face images:
+`python -m training.encode IMAGES... --checkpoint C --out tokens.pt` (or `--out tokens.npy`).
+
+The images are aligned face crops of one person (as in the shards); any number of them. The
+output holds one N x D tensor: `.pt` as {"tokens", "images"} of plain tensors and strings
+(`torch.load(path, weights_only=True)` reads it), `.npy` as a float32 array.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training import checkpoint as ckpt
+from training.config import TrainConfig, from_dict
+from training.data import decode_rgb
+from training.model import OmniIDEncoder
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def load_encoder(path: str, device: torch.device | str = "cpu",
+                 prefer_ema: bool = True) -> tuple[OmniIDEncoder, TrainConfig]:
+    state = ckpt.load(path)
+    config = from_dict(TrainConfig, state["config"])
+    config.backbone.weights = ""  # the checkpoint holds the fine-tuned backbone
+    encoder = OmniIDEncoder(config.backbone, config.encoder, config.data.image_size)
+    encoder.load_state_dict(ckpt.encoder_state(state, prefer_ema))
+    return encoder.to(device).eval(), config
+
+
+def image_paths(items: list[str]) -> list[Path]:
+    """Files as given, folders expanded to their image files (sorted)."""
+    paths: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            paths.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            paths.append(item)
+    return paths
+
+
+@torch.no_grad()
+def encode_images(encoder: OmniIDEncoder, paths: list[Path], image_size: int) -> torch.Tensor:
+    """-> identity tokens [N, D] (float32, CPU) for the images together."""
+    images = []
+    for path in paths:
+        try:
+            images.append(decode_rgb(path.read_bytes(), image_size))
+        except Exception as exc:
+            print(f"warning: skipping {path}: {exc}", file=sys.stderr)
+    if not images:
+        raise ValueError("no readable images given")
+    device = next(encoder.parameters()).device
+    batch = torch.from_numpy(np.stack(images))[None].to(device).float() / 255.0
+    return encoder(batch)[0].float().cpu()
+
+
+def save_tokens(tokens: torch.Tensor, paths: list[Path], out: str | Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, tokens.numpy().astype(np.float32))
+    else:
+        torch.save({"tokens": tokens.contiguous(), "images": [str(p) for p in paths]}, out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.encode", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", help="face images (or folders of them) of one person")
+    p.add_argument("--checkpoint", required=True, help="checkpoint-*.pt from training.train")
+    p.add_argument("--out", required=True, help="output file, .pt or .npy")
+    p.add_argument("--no-ema", action="store_true", help="use raw, not EMA, encoder weights")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    encoder, config = load_encoder(args.checkpoint, args.device, prefer_ema=not args.no_ema)
+    paths = image_paths(args.images)
+    tokens = encode_images(encoder, paths, config.data.image_size)
+    save_tokens(tokens, paths, args.out)
+    print(f"wrote {tuple(tokens.shape)} identity tokens for {len(paths)} images to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

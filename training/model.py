@@ -1,0 +1,158 @@
+"""Image backbones (a registry) and the Omni-ID encoder.
+
+The encoder turns a set of face images of one person, any number of them, into N x D identity
+tokens: every image goes through the backbone, the patch tokens of all images are concatenated
+along the token axis, and N learnable queries read them through cross-attention blocks followed
+by self-attention blocks. No per-image position is added to the concatenation, so the output does
+not depend on the order of the input images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training.blocks import CrossThenSelfTransformer, SelfAttentionBlock, init_weights
+from training.config import BackboneConfig, EncoderConfig
+
+
+class Backbone(nn.Module):
+    """Images in [0, 1], [B, 3, H, W] -> patch tokens [B, L, out_dim] (no class token)."""
+
+    out_dim: int
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+
+BACKBONES: dict[str, Callable[[BackboneConfig, int], Backbone]] = {}
+
+
+def register_backbone(name: str):
+    def register(builder: Callable[[BackboneConfig, int], Backbone]):
+        BACKBONES[name] = builder
+        return builder
+    return register
+
+
+def build_backbone(config: BackboneConfig, image_size: int) -> Backbone:
+    if config.name not in BACKBONES:
+        raise ValueError(f"unknown backbone {config.name!r}, expected one of {sorted(BACKBONES)}")
+    return BACKBONES[config.name](config, image_size)
+
+
+class ScratchViT(Backbone):
+    """A small ViT trained from scratch: conv patch embedding, learned positions, blocks."""
+
+    def __init__(self, config: BackboneConfig, image_size: int):
+        super().__init__(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        if image_size % config.patch_size:
+            raise ValueError(f"image size {image_size} not divisible by patch {config.patch_size}")
+        grid = image_size // config.patch_size
+        self.out_dim = config.width
+        self.patch_embed = nn.Conv2d(3, config.width, config.patch_size, config.patch_size)
+        self.pos_embed = nn.Parameter(torch.randn(1, grid * grid, config.width) * 0.02)
+        self.blocks = nn.ModuleList(
+            SelfAttentionBlock(config.width, config.heads) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.width)
+        self.grad_checkpointing = config.grad_checkpointing
+        self.blocks.apply(init_weights)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(self.normalize(images)).flatten(2).transpose(1, 2) + self.pos_embed
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.norm(x)
+
+
+register_backbone("vit_scratch")(ScratchViT)
+
+
+class MissingWeightsError(FileNotFoundError):
+    pass
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A torch state dict file, read without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"backbone weight file not found: {path}. Put the timm/open_clip state dict there "
+            f"(e.g. the `timm/vit_huge_patch14_clip_224.laion2b` weights saved with torch.save) "
+            f"or pass --backbone-weights PATH; pass --backbone-weights '' only for a random "
+            f"init (benchmarks).")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model", "params"):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    return state
+
+
+class TimmViT(Backbone):
+    """A timm ViT (e.g. CLIP ViT-H/14 `vit_huge_patch14_clip_224`), fully fine-tuned."""
+
+    def __init__(self, config: BackboneConfig, image_size: int):
+        import timm  # only real runs need timm; CPU tests with vit_scratch do not
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        model = timm.create_model(config.timm_name, pretrained=False, num_classes=0,
+                                  img_size=image_size)
+        data_config = timm.data.resolve_model_data_config(model)
+        super().__init__(mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
+        if config.weights:
+            # The filter converts OpenAI/open_clip layouts and resamples position embeddings to
+            # this image size; a classifier head in the file has no place in a num_classes=0 model.
+            state = checkpoint_filter_fn(load_state_dict_file(config.weights), model)
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(
+                    f"{config.weights} does not fit timm model {config.timm_name}: "
+                    f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+        if config.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        self.model = model
+        self.out_dim = model.embed_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.forward_features(self.normalize(images))
+        return tokens[:, self.model.num_prefix_tokens:]
+
+
+register_backbone("timm")(TimmViT)
+
+
+class OmniIDEncoder(nn.Module):
+    """Any number of face images of one identity -> identity tokens [B, N, D]."""
+
+    def __init__(self, backbone_config: BackboneConfig, config: EncoderConfig, image_size: int):
+        super().__init__()
+        self.backbone = build_backbone(backbone_config, image_size)
+        self.num_tokens, self.dim = config.num_tokens, config.dim
+        self.queries = nn.Parameter(torch.randn(1, config.num_tokens, config.dim) * 0.02)
+        self.context_proj = nn.Linear(self.backbone.out_dim, config.dim)
+        self.transformer = CrossThenSelfTransformer(
+            config.dim, config.heads, config.dim, config.cross_blocks, config.self_blocks,
+            config.mlp_ratio)
+        self.context_proj.apply(init_weights)
+        self.transformer.apply(init_weights)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: [B, n, 3, H, W] floats in [0, 1] (n >= 1) -> [B, N, D]."""
+        if images.dim() == 4:
+            images = images.unsqueeze(1)
+        b, n = images.shape[:2]
+        tokens = self.backbone(images.flatten(0, 1))                 # [B*n, L, C]
+        context = self.context_proj(tokens.reshape(b, n * tokens.shape[1], -1))
+        return self.transformer(self.queries.expand(b, -1, -1), context)
