@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,12 +167,14 @@ def number(value: Any, what: str) -> float:
     return result
 
 
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
 def integer_text(text: str, what: str) -> int:
-    """An integer written in a text file or a file name (digits, optional sign)."""
-    stripped = text.strip()
-    if not stripped.lstrip("+-").isdigit() or not stripped.isascii():
+    """An integer written in a text file or a file name (ASCII digits, optional sign)."""
+    if not _INTEGER.fullmatch(text):
         raise invalid(f"{what} is not an integer: {text!r:.60}")
-    return int(stripped)
+    return int(text)
 
 
 def float_text(text: str, what: str) -> float:
@@ -286,7 +289,8 @@ def internal_error_record(source: str, original_id: str, error: Exception,
     return ClipRecord(
         source=source, clip_id=safe_id(original_id), original_clip_id=writable(original_id),
         identity_id="", source_video_id="", video_path=None, status="failed",
-        reason=Reason.INTERNAL_ERROR.value, message=f"{type(error).__name__}: {error}"[:500],
+        reason=Reason.INTERNAL_ERROR.value,
+        message=writable(f"{type(error).__name__}: {error}"[:500]),
         license=license_,
     )
 

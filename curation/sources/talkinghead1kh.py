@@ -49,11 +49,7 @@ class Tube:
     top: int
     right: int
     bottom: int
-
-    @property
-    def clip_name(self) -> str:
-        return (f"{self.video_name}_S{self.start}_E{self.end}_L{self.left}_T{self.top}"
-                f"_R{self.right}_B{self.bottom}")
+    clip_name: str   # {video_name}_S{S}_E{E}_L{L}_T{T}_R{R}_B{B}, the processed clip's stem
 
 
 def youtube_id(video_name: str) -> str:
@@ -77,7 +73,8 @@ def parse_tube(line: str) -> Tube:
         raise invalid(f"tube frame size {width}x{height} is not positive")
     if start < 0 or end < start:
         raise invalid(f"tube frame range {start}..{end} is not a forward range")
-    return Tube(video_name, height, width, start, end, left, top, right, bottom)
+    clip_name = f"{video_name}_S{start}_E{end}_L{left}_T{top}_R{right}_B{bottom}"
+    return Tube(video_name, height, width, start, end, left, top, right, bottom, clip_name)
 
 
 @dataclass
