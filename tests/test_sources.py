@@ -71,7 +71,7 @@ def test_group_identities_keeps_ok_records_only_in_sorted_order(tmp_path):
     assert list(groups) == ["yt:aaa", "yt:bbb"]   # "gone" has no video: not grouped
     # the same YouTube video in two datasets is one person; clips sorted by (source, clip id)
     assert [(r.source, r.clip_id) for r in groups["yt:bbb"]] == [
-        ("celebvhq", "bbb_1"), ("celebvhq", "bbb_2"), ("celebvtext", "bbb_0_0")]
+        ("celebvhq", "bbb_1"), ("celebvhq", "bbb_2"), ("celebvtext", "bbb_0_0.mp4")]
 
 
 # --- CelebV-HQ --------------------------------------------------------------------------------
@@ -214,13 +214,14 @@ def test_celebvtext_real_excerpt_enumerates_processed_clips(tmp_path):
     assert len(records) == len(sample) == 6
     assert all(r.ok and not r.is_raw and r.bbox_hint_normalized is None for r in records)
     clips = by_id(records)
-    first = clips["oC9r-CTbToE_0_0"]
+    first = clips["oC9r-CTbToE_0_0.mp4"]     # the metadata key, as written
+    assert first.clip_id == "oC9r-CTbToE_0_0.mp4"
     assert first.video_path == str(tmp_path / "videos" / "oC9r-CTbToE_0_0.mp4")
     assert first.identity_id == "yt:oC9r-CTbToE" and first.source_video_id == "oC9r-CTbToE"
-    assert first.extra["metadata_key"] == "oC9r-CTbToE_0_0.mp4"
+    assert first.extra["clip_name"] == "oC9r-CTbToE_0_0"
     assert first.extra["source_range"] == {"start_sec": 58.07, "end_sec": 76.27}
     assert first.extra["meta_video_names"] == "oC9r-CTbToE_0"
-    assert clips["-lPQTvZIogI_181_1"].clip_id == "-lPQTvZIogI_181_1"
+    assert clips["-lPQTvZIogI_181_1.mp4"].clip_id == "-lPQTvZIogI_181_1.mp4"
     groups = group_identities(records)
     assert len(groups) == 5 and len(groups["yt:oC9r-CTbToE"]) == 2
 
@@ -229,10 +230,10 @@ def test_celebvtext_real_excerpt_with_raw_videos_only(tmp_path):
     shutil.copy(CELEBVTEXT_SAMPLE, tmp_path / "celebvtext_info.json")
     touch(tmp_path / "raw" / "xaC6MDNDlYE.mp4")
     clips = by_id(list(enumerate_source("celebvtext", tmp_path)))
-    raw = clips["xaC6MDNDlYE_45_0"]
+    raw = clips["xaC6MDNDlYE_45_0.mp4"]
     assert raw.ok and raw.is_raw and (raw.start_sec, raw.end_sec) == (222.92, 230.48)
     assert raw.bbox_hint_normalized == (0.0, 0.0035, 0.2821, 0.757)
-    others = [r for k, r in clips.items() if k != "xaC6MDNDlYE_45_0"]
+    others = [r for k, r in clips.items() if k != "xaC6MDNDlYE_45_0.mp4"]
     assert {(r.status, r.reason) for r in others} == {("skipped", Reason.VIDEO_MISSING)}
 
 
@@ -278,10 +279,10 @@ def test_celebvtext_flat_entry_that_is_not_an_object(tmp_path):
                {"a_0_0.mp4": celebv_entry("a"), "b_0_0.mp4": 7, "c_0_0.mp4": {"ytb_id": "c"}})
     touch(tmp_path / "a_0_0.mp4")
     clips = by_id(list(enumerate_source("celebvtext", tmp_path)))
-    assert clips["a_0_0"].ok
-    assert clips["b_0_0"].reason == Reason.METADATA_ENTRY_INVALID
-    assert clips["c_0_0"].reason == Reason.METADATA_ENTRY_INVALID
-    assert clips["c_0_0"].identity_id == "yt:c"
+    assert clips["a_0_0.mp4"].ok
+    assert clips["b_0_0.mp4"].reason == Reason.METADATA_ENTRY_INVALID
+    assert clips["c_0_0.mp4"].reason == Reason.METADATA_ENTRY_INVALID
+    assert clips["c_0_0.mp4"].identity_id == "yt:c"
 
 
 # --- VFHQ -----------------------------------------------------------------------------------------
@@ -353,6 +354,16 @@ def test_vfhq_bad_metadata_gets_reason(tmp_path, name, text, reason):
     assert clips[good].ok
 
 
+@pytest.mark.parametrize("text", ["this is not VFHQ metadata\n{]\n", "H 1080\n\x00\x01\n",
+                                  "0 1 2 3 4\n1 1 2 3 4\n"])
+def test_vfhq_file_without_header_or_with_nul_bytes_is_unreadable(tmp_path, text):
+    vfhq_meta(tmp_path, CLIP, text=text)
+    touch(tmp_path / f"{CLIP}.mp4")
+    (record,) = enumerate_source("vfhq", tmp_path)
+    assert (record.status, record.reason) == ("failed", Reason.METADATA_UNREADABLE)
+    assert record.original_clip_id == f"{CLIP}.txt"
+
+
 def test_vfhq_unreadable_file_and_missing_clip(tmp_path):
     touch(tmp_path / "meta_info" / f"{CLIP}.txt", b"H 1080\n\xff\xfe\xfa\n")
     gone = "Clip+gone+P0+C0+F0-50"
@@ -414,9 +425,11 @@ def test_talkinghead_bad_lines_boxes_and_missing_videos(tmp_path):
     records = list(enumerate_source("talkinghead1kh", tmp_path))
     clips = by_id(records)
     assert clips[tube_clip_name("good_0000")].ok
-    # a bad line listed in both the folder and the zip is reported once
-    assert clips["train_video_tubes.txt:2"].reason == Reason.METADATA_ENTRY_INVALID
-    assert clips["train_video_tubes.txt:3"].reason == Reason.METADATA_ENTRY_INVALID
+    # a line with no usable name is named by its text; listed in the folder and in the zip,
+    # it is reported once
+    assert clips["only,three,fields"].reason == Reason.METADATA_ENTRY_INVALID
+    assert "line 2" in clips["only,three,fields"].message
+    assert clips[tube_line("nums_0000", h="x")].reason == Reason.METADATA_ENTRY_INVALID
     outside = clips[tube_clip_name("outside_0000", left=1500, right=1900)]
     assert outside.reason == Reason.BBOX_OUTSIDE_FRAME and outside.identity_id == "yt:outside"
     gone = clips[tube_clip_name("gone_0000")]
@@ -446,11 +459,14 @@ def test_folder_source_one_identity_per_subfolder(tmp_path):
     touch(tmp_path / "loose.mp4")
     records = list(enumerate_source("folder", tmp_path))
     clips = by_id(records)
-    assert set(clips) == {"alice/one.mp4", "alice/one.mov", "alice/deeper/two.MKV",
-                          "bob smith/x.webm", "loose.mp4"}
-    assert clips["loose.mp4"].reason == Reason.METADATA_ENTRY_INVALID
-    assert clips["alice/deeper/two.MKV"].identity_id == "folder:alice"
-    assert clips["bob smith/x.webm"].source_video_id == "folder:bob smith"
+    # "<person>/<stem>", with the extension only where two files share a stem
+    assert set(clips) == {"alice/one.mp4", "alice/one.mov", "alice/deeper/two",
+                          "bob smith/x", "loose"}
+    assert clips["loose"].reason == Reason.METADATA_ENTRY_INVALID
+    assert clips["alice/deeper/two"].identity_id == "folder:alice"
+    assert clips["alice/deeper/two"].video_path == str(tmp_path / "alice/deeper/two.MKV")
+    assert clips["bob smith/x"].source_video_id == "folder:bob smith"
+    assert clips["bob smith/x"].clip_id == safe_id("bob smith/x")
     assert len({r.clip_id for r in records}) == len(records)
     groups = group_identities(records)
     assert list(groups) == ["folder:alice", "folder:bob smith"]

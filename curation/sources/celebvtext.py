@@ -72,8 +72,10 @@ def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
             table.add(clip_name(key), (key, entry), where)
     yield from problems
     yield from table.conflict_records(SOURCE, LICENSE)
-    for clip_id, name, ((key, entry), _where) in sorted_entries(table.entries.items()):
-        yield run_entry(SOURCE, name, LICENSE, _clip_record, index, clip_id, name, key, entry)
+    # the table is keyed by clip name (shapes differ in the ".mp4"); records keep the key
+    named = ((key, (name, entry)) for name, ((key, entry), _where) in table.entries.items())
+    for clip_id, key, (name, entry) in sorted_entries(named):
+        yield run_entry(SOURCE, key, LICENSE, _clip_record, index, clip_id, name, key, entry)
 
 
 def _clip_map(data: Any) -> dict | None:
@@ -107,14 +109,14 @@ def _clip_record(index: FileIndex, clip_id: str, name: str, key: str,
     except EntryProblem as problem:
         problem.identity_id, problem.source_video_id = f"yt:{ytb_id}", ytb_id
         raise
-    extra: dict[str, Any] = {"ytb_id": ytb_id, "metadata_key": key, "source_range": timing}
+    extra: dict[str, Any] = {"ytb_id": ytb_id, "clip_name": name, "source_range": timing}
     for field_name in ("meta_video_names", "version"):
         if entry.get(field_name) is not None:
             extra[field_name] = entry[field_name]
     texts = _texts(index, name)
     if texts:
         extra["texts"] = texts
-    common = dict(source=SOURCE, clip_id=clip_id, original_clip_id=name,
+    common = dict(source=SOURCE, clip_id=clip_id, original_clip_id=key,
                   identity_id=f"yt:{ytb_id}", source_video_id=ytb_id, license=LICENSE,
                   extra=extra)
     if processed is not None:

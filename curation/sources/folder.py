@@ -8,6 +8,7 @@ directly under the root has no identity folder and becomes a failed record sayin
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 
 from curation.records import ClipRecord, safe_id
@@ -33,14 +34,9 @@ def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
             continue
         if parts[-1].lower().endswith(VIDEO_EXTENSIONS):
             videos.append((relative, parts, path))
-    used_ids: set[str] = set()
-    records = []
-    for relative, parts, path in videos:
-        clip_id = safe_id("__".join(parts))
-        if clip_id in used_ids:
-            clip_id = safe_id(relative)   # hashed: never equal to another clip's id
-        used_ids.add(clip_id)
-        records.append(_clip_record(clip_id, relative, parts, path))
+    originals = _original_ids([relative for relative, _parts, _path in videos])
+    records = [_clip_record(original, relative, parts, path)
+               for original, (relative, parts, path) in zip(originals, videos, strict=True)]
     if not records:   # like a missing metadata file: the whole listing is absent
         records.append(unreadable_metadata(
             SOURCE, index.root, "(no videos)",
@@ -49,16 +45,28 @@ def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
     yield from records
 
 
-def _clip_record(clip_id: str, relative: str, parts: list[str], path: str) -> ClipRecord:
+def _original_ids(relatives: list[str]) -> list[str]:
+    """"<person>/<file stem>"; the extension stays only where two files share a stem."""
+    stems = [relative.rsplit(".", 1)[0] for relative in relatives]
+    counts = Counter(stems)
+    originals = [relative if counts[stem] > 1 else stem
+                 for relative, stem in zip(relatives, stems, strict=True)]
+    if len(set(originals)) < len(originals):   # "a.mp4.mov" next to "a.mp4" and "a.mov"
+        return relatives
+    return originals
+
+
+def _clip_record(original: str, relative: str, parts: list[str], path: str) -> ClipRecord:
+    clip_id = safe_id(original)
     if len(parts) < 2:
         problem = invalid(f"{relative} lies directly under the root; put each person's videos "
                           f"in a sub-folder named after them")
-        return problem_record(SOURCE, relative, problem, LICENSE, clip_id=clip_id)
+        return problem_record(SOURCE, original, problem, LICENSE)
     name = parts[0]
     if not is_utf8(relative):
         problem = invalid(f"{relative!r} is not a valid UTF-8 file name; rename it")
-        return problem_record(SOURCE, relative, problem, LICENSE, clip_id=clip_id)
-    return ClipRecord(source=SOURCE, clip_id=clip_id, original_clip_id=relative,
+        return problem_record(SOURCE, original, problem, LICENSE)
+    return ClipRecord(source=SOURCE, clip_id=clip_id, original_clip_id=original,
                       identity_id=f"folder:{name}", source_video_id=f"folder:{name}",
                       video_path=os.path.abspath(path), license=LICENSE,
-                      extra={"file_name": parts[-1]})
+                      extra={"file": relative})

@@ -35,6 +35,7 @@ SOURCE = "talkinghead1kh"
 LICENSE = "TalkingHead-1KH (CC-BY source videos)"
 TUBES_SUFFIX = "_video_tubes.txt"
 ARCHIVE_NAME = "data_list.zip"
+MAX_BAD_LINE_ID = 200
 _CHUNK_SUFFIX = re.compile(r"^(?P<ytid>.+)_(?P<chunk>\d{4,})$")
 
 
@@ -136,7 +137,7 @@ def _split_of(file_name: str) -> str:
 
 def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
     tubes: dict[str, tuple[Tube, list[str]]] = {}        # clip name -> tube, splits listing it
-    bad_lines: dict[str, tuple[str, EntryProblem]] = {}  # "<file>:<line>" -> (where, problem)
+    bad_lines: dict[str, EntryProblem] = {}   # line text (its own id) -> problem
     unreadable: list[ClipRecord] = []
     for listing in _listings(index):
         if listing.text is None:
@@ -151,7 +152,9 @@ def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
                 tube = parse_tube(line)
             except EntryProblem as problem:
                 problem.message = f"{listing.where} line {number}: {problem.message}"
-                bad_lines.setdefault(f"{listing.file_name}:{number}", (listing.where, problem))
+                # a line with no parsable name is identified by its text (also deduplicates
+                # the same line in the folder and the zip)
+                bad_lines.setdefault(line.strip()[:MAX_BAD_LINE_ID], problem)
                 continue
             known = tubes.setdefault(tube.clip_name, (tube, []))
             if split not in known[1]:
@@ -162,7 +165,7 @@ def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
             f"no *{TUBES_SUFFIX} (data_list/ or {ARCHIVE_NAME}) under the source root", LICENSE))
     yield from sorted(unreadable, key=lambda record: (record.clip_id, record.message))
     for key in sorted(bad_lines, key=lambda key: (safe_id(key), key)):
-        yield problem_record(SOURCE, key, bad_lines[key][1], LICENSE)
+        yield problem_record(SOURCE, key, bad_lines[key], LICENSE)
     for clip_id, clip_name in sorted((safe_id(name), name) for name in tubes):
         tube, splits = tubes[clip_name]
         yield run_entry(SOURCE, clip_name, LICENSE, _clip_record, index, clip_id, tube,

@@ -74,6 +74,18 @@ class Header:
     fps: float | None = None
     crop: tuple[float, float, float, float] | None = None
 
+    def empty(self) -> bool:
+        return self.height is None and self.width is None and self.fps is None \
+            and self.crop is None
+
+
+class NotVfhqMetadata(ValueError):
+    """The file holds no VFHQ header at all: the whole file is unreadable as metadata."""
+
+
+def looks_like_text(text: str) -> bool:
+    return "\x00" not in text
+
 
 def parse_header(text: str) -> Header:
     """Read H/W/FPS/CROP lines (`KEY value`, `KEY: value` alike); ignore every other line."""
@@ -110,21 +122,32 @@ def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
         path = index.file(file_name)
         stem = file_name[:-len(NAME_SUFFIX)]
         if not is_utf8(file_name):
-            yield run_entry(SOURCE, stem, LICENSE, _clip_record, index, clip_id, stem, "")
+            yield run_entry(SOURCE, stem, LICENSE, _clip_record, index, clip_id, stem, Header())
             continue
         try:
             text = read_text(path)
+            if not looks_like_text(text):
+                raise NotVfhqMetadata("holds NUL bytes: not a text file")
+            header = parse_header(text)
+            if header.empty():
+                raise NotVfhqMetadata("no H/W/FPS/CROP header line: not VFHQ clip metadata")
         except UNREADABLE_ERRORS as error:
             yield unreadable_metadata(SOURCE, index.relpath(path), file_name, error, LICENSE)
             continue
-        yield run_entry(SOURCE, stem, LICENSE, _clip_record, index, clip_id, stem, text)
+        except EntryProblem as problem:   # a header line with a bad value: this clip only
+            yield run_entry(SOURCE, stem, LICENSE, _raise, problem)
+            continue
+        yield run_entry(SOURCE, stem, LICENSE, _clip_record, index, clip_id, stem, header)
 
 
-def _clip_record(index: FileIndex, clip_id: str, stem: str, text: str) -> ClipRecord:
+def _raise(problem: EntryProblem) -> ClipRecord:
+    raise problem
+
+
+def _clip_record(index: FileIndex, clip_id: str, stem: str, header: Header) -> ClipRecord:
     name = parse_clip_name(stem)
     identity_id = f"vfhq:{name.video_id}:P{name.pid}"
     try:
-        header = parse_header(text)
         box_normalized = box_pixels = None
         if header.crop is not None:
             if header.width is not None and header.height is not None:
