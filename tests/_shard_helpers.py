@@ -52,18 +52,20 @@ def face_sources() -> dict[str, Image.Image]:
     return faces
 
 
-def augmented_view(face: Image.Image, size: int, rng: random.Random) -> Image.Image:
-    angle = rng.uniform(-12, 12)
-    scale = rng.uniform(0.9, 1.1)
+def augmented_view(face: Image.Image, size: int, rng: random.Random,
+                   strength: float = 1.0) -> Image.Image:
+    """A new 'view': rotation, scale, shift, brightness and mirror, scaled by `strength`."""
+    angle = rng.uniform(-12, 12) * strength
+    scale = 1 + rng.uniform(-0.1, 0.1) * strength
     w, h = face.size
-    dx, dy = rng.uniform(-0.05, 0.05) * w, rng.uniform(-0.05, 0.05) * h
+    dx, dy = (rng.uniform(-0.05, 0.05) * strength * w, rng.uniform(-0.05, 0.05) * strength * h)
     view = face.rotate(angle, resample=Image.BICUBIC, translate=(dx, dy), fillcolor=(90, 80, 70))
     cw, ch = w / scale, h / scale
     left, top = (w - cw) / 2, (h - ch) / 2
     view = view.crop((round(left), round(top), round(left + cw), round(top + ch)))
     view = view.resize((size, size), Image.BICUBIC)
-    view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.85, 1.15))
-    if rng.random() < 0.5:
+    view = ImageEnhance.Brightness(view).enhance(1 + rng.uniform(-0.15, 0.15) * strength)
+    if rng.random() < 0.5 * strength:
         view = view.transpose(Image.FLIP_LEFT_RIGHT)
     return view
 
@@ -80,8 +82,8 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def identity_members(name: str, face: Image.Image, size: int, split: str,
-                     seed: int) -> tuple[str, dict[str, bytes]]:
+def identity_members(name: str, face: Image.Image, size: int, split: str, seed: int,
+                     strength: float = 1.0) -> tuple[str, dict[str, bytes]]:
     rng = random.Random(f"{name}:{seed}")
     identity_id = f"test:{name}"
     key = sample_key(identity_id)
@@ -89,7 +91,7 @@ def identity_members(name: str, face: Image.Image, size: int, split: str,
     members: dict[str, bytes] = {}
     mask_bytes = _encode(face_mask(size), "PNG")
     for index in range(IMAGES_PER_IDENTITY):
-        members[image_ext(index)] = _encode(augmented_view(face, size, rng), "JPEG")
+        members[image_ext(index)] = _encode(augmented_view(face, size, rng, strength), "JPEG")
         members[mask_ext(index)] = mask_bytes
         images.append({"index": index, "clip_id": f"{name}-clip", "source": "test",
                        "frame_index": index, "yaw": 0.0, "pitch": 0.0, "roll": 0.0,
@@ -116,11 +118,12 @@ def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
 
 
 def write_shards(root: Path, names: list[str] | None = None, per_shard: int = 2,
-                 size: int = 64, split: str = "train", seed: int = 0) -> list[Path]:
+                 size: int = 64, split: str = "train", seed: int = 0,
+                 strength: float = 1.0) -> list[Path]:
     """Write the identities (default: all 8 faces) into shards of `per_shard` samples each."""
     faces = face_sources()
     names = names or sorted(faces)
-    samples = [identity_members(n, faces[n], size, split, seed) for n in names]
+    samples = [identity_members(n, faces[n], size, split, seed, strength) for n in names]
     paths = []
     for i in range(0, len(samples), per_shard):
         index = i // per_shard

@@ -189,8 +189,11 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
                         model.encoder, distributed=world > 1)
 
     dataset = IdentityStream(config.shards, config.data, config.batch_size, config.seed)
+    # Its own generator: a loader draws a seed when iterated, which must not shift the global
+    # RNG stream (masks, noise) between an uninterrupted and a resumed run.
     loader = DataLoader(dataset, batch_size=None, num_workers=config.data.workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(config.seed))
     metrics = MetricsLog(out / "metrics.jsonl", enabled=rank == 0)
     if rank == 0 and resume_state is None:
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
