@@ -104,14 +104,15 @@ def _two_people(plan: CorpusPlan, target: Identity, other: Identity, folder_iden
     seed = plan.number("scene:two", 0, 2**31)
     clip_id = f"{folder_identity}/two_people"
     path = plan.path("folder", folder_identity, "two_people.mp4")
-    actors = (Actor(target.plate, (0.3 * s, 0.45 * s), 0.36 * s,
+    actors = (Actor(target.plate, (0.28 * s, 0.45 * s), 0.36 * s,
                     (Segment(0, SHORT * 2, "idle", seed),), target=True),
-              Actor(other.plate, (0.76 * s, 0.52 * s), 0.32 * s,
+              Actor(other.plate, (0.77 * s, 0.52 * s), 0.3 * s,
                     (Segment(0, SHORT * 2, "idle", seed + 1),), target=False))
     header = clip_header("folder", clip_id, target, other_person=other.person)
+    # not degraded: this clip tests who is who, not quality
     plan.scenes.append(Scene(s, s, SHORT * 2, FPS, seed, actors, (
         Output(path, "mp4", 0, SHORT * 2, (0, 0, s, s), plan.groundtruth_path("folder", clip_id),
-               header),)))
+               header),), degrade=False))
     _bad(plan, "folder", clip_id, path, "two_people_clip", Reason.NOT_TARGET_PERSON,
          level="face", note=f"target {target.person} is the larger face on the left; the other "
                             f"face ({other.person}) must be rejected, the clip itself is usable")
