@@ -1,0 +1,148 @@
+"""Trainer throughput: steps/s, samples/s and (CUDA) model FLOPs utilisation.
+
+    python bench/trainer.py --preset tiny --device cpu --steps 10
+    python bench/trainer.py --preset paper --device cuda --steps 20      # on a GPU box
+
+Synthetic uint8 batches of the preset's shape (no data loading, no webdataset needed); the
+backbone starts from random weights (no weight file needed). FLOPs per step are counted once
+with torch.utils.flop_counter (forward + backward of the model; attention included). MFU uses the
+GPU's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s) or --peak-tflops. Prints a table, then one
+final line of figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import preset  # noqa: E402
+from training.engine import OmniID, StepRunner, build_optimizer  # noqa: E402
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
+SDPA_KERNELS = {
+    "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_efficient_attention": "mem_efficient",
+    "_scaled_dot_product_cudnn_attention": "cudnn",
+    "_scaled_dot_product_flash_attention_for_cpu": "flash_cpu",
+    "_scaled_dot_product_attention_math": "math",
+}
+
+
+def synthetic_batch(batch_size: int, n_in: int, n_tgt: int, size: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(batch_size, n_tgt, 1, size, size, dtype=torch.uint8)
+    masks[..., size // 5: size * 4 // 5, size // 5: size * 4 // 5] = 255
+    return {"inputs": torch.randint(0, 256, (batch_size, n_in, 3, size, size), generator=g,
+                                    dtype=torch.uint8),
+            "targets": torch.randint(0, 256, (batch_size, n_tgt, 3, size, size), generator=g,
+                                     dtype=torch.uint8),
+            "masks": masks}
+
+
+def count_flops(model: OmniID, batch: dict, device: torch.device) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    inputs, targets, masks = (batch[k].to(device) for k in ("inputs", "targets", "masks"))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        model(inputs, targets, masks).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def attention_backend(model: OmniID, batch: dict, device: torch.device) -> str:
+    from torch.profiler import ProfilerActivity, profile
+    inputs, targets, masks = (batch[k].to(device) for k in ("inputs", "targets", "masks"))
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.no_grad(), \
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        model(inputs, targets, masks)
+    names = {e.key.removeprefix("aten::") for e in prof.key_averages()}
+    used = sorted({label for op, label in SDPA_KERNELS.items() if op in names})
+    return "+".join(used) or "unknown"
+
+
+def peak_tflops(device: torch.device, override: float) -> float:
+    if override:
+        return override
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
+    p.add_argument("--stage", default="mtd", choices=("mtd", "flow"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--batch-size", type=int, help="identities per step (preset default)")
+    p.add_argument("--no-grad-checkpointing", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="override the GPU's peak")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config = preset(args.preset)
+    config.stage = args.stage
+    config.backbone.weights = ""
+    if args.no_grad_checkpointing:
+        config.backbone.grad_checkpointing = False
+    batch_size = args.batch_size or config.batch_size
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(0)
+    model = OmniID(config).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = build_optimizer(model, config.optim, fused=device.type == "cuda")
+    runner = StepRunner(model, optimizer, config.optim, 10, device)
+    batch = synthetic_batch(batch_size, config.data.n_in, config.data.n_tgt,
+                            config.data.image_size)
+    flops = count_flops(model, batch, device)
+    backend = attention_backend(model, batch, device)
+    for _ in range(args.warmup):
+        runner(batch, 1.0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        result = runner(batch, 1.0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    steps_per_s = args.steps / elapsed
+    samples_per_s = steps_per_s * batch_size
+    achieved = flops * steps_per_s / 1e12
+    peak = peak_tflops(device, args.peak_tflops)
+    mfu = achieved / peak if peak else float("nan")
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    rows = [("device", name), ("preset / stage", f"{args.preset} / {args.stage}"),
+            ("parameters (M)", f"{params / 1e6:.1f}"), ("batch (identities)", batch_size),
+            ("images per step (in + tgt)", batch_size * (config.data.n_in + config.data.n_tgt)),
+            ("attention backend", backend), ("model GFLOP / step", f"{flops / 1e9:.1f}"),
+            ("steps/s", f"{steps_per_s:.3f}"), ("samples/s", f"{samples_per_s:.2f}"),
+            ("achieved TFLOP/s", f"{achieved:.2f}"),
+            ("MFU", f"{mfu:.1%}" if peak else "n/a (no peak for this device)"),
+            ("peak memory (GiB)", f"{memory:.1f}"), ("last loss", f"{result.loss:.4f}")]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print(f"RESULT preset={args.preset} stage={args.stage} device={name!r} batch={batch_size} "
+          f"steps_per_s={steps_per_s:.3f} samples_per_s={samples_per_s:.2f} "
+          f"gflop_per_step={flops / 1e9:.1f} tflops={achieved:.2f} "
+          f"mfu={mfu:.4f} attention={backend}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
