@@ -1,0 +1,63 @@
+"""Shared session fixtures: the demo corpus (built once) and one demo build on a local Ray with
+2 CPUs, reused by every test that needs real shards and manifests (build, report, verify)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+RAY_TEST_CPUS = 2
+
+
+@dataclass
+class DemoBuild:
+    paths: object          # curation.demo.DemoPaths: workdir, corpus, output, shards, manifests
+    corpus: dict           # the corpus summary (corpus.json): identities, clips, bad_inputs
+    summary: object        # curation.runner.BuildSummary of the first build
+    shard_sha256: dict[str, str]   # shard path (relative to shards/) -> sha256 after the build
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.paths.shards
+
+    @property
+    def manifests_dir(self) -> Path:
+        return self.paths.manifests
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory):
+    """(DemoPaths, corpus summary) for the demo corpus with bad inputs, built once."""
+    from curation.demo import build_corpus, demo_paths
+
+    paths = demo_paths(tmp_path_factory.mktemp("demo"))
+    return paths, build_corpus(paths, seed=0)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray with 2 CPUs for the whole session (the build reuses it)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=RAY_TEST_CPUS, include_dashboard=False,
+                 log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_build(demo_corpus, ray_local) -> DemoBuild:
+    """The demo build (exactly the flags of `python -m curation.demo`), run once."""
+    from curation.demo import run_demo_build
+    from curation.shard_writer import file_sha256
+
+    paths, corpus = demo_corpus
+    summary = run_demo_build(paths, ["--no-progress"])
+    shas = {str(p.relative_to(paths.shards)): file_sha256(p)
+            for p in sorted(paths.shards.glob("*/*.tar"))}
+    return DemoBuild(paths, corpus, summary, shas)
