@@ -132,3 +132,60 @@ def test_cli_writes_shards(tmp_path):
                            "--size", "16", "--quiet"]) == 0
     assert (tmp_path / "train" / "mfhq-train-000000.tar").is_file()
     assert (tmp_path / "test" / "mfhq-test-000000.tar").is_file()
+
+
+def test_shards_round_trip_through_the_trainer_loader(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from training.config import DataConfig
+    from training.data import IdentityStream
+
+    paths = _write(tmp_path)
+    config = DataConfig(image_size=SIZE, n_in=3, n_tgt=8, shuffle_buffer=2, samples_per_epoch=4)
+    stream = IdentityStream([str(p) for p in paths["train"]], config, batch_size=2, seed=0)
+    batches = list(DataLoader(stream, batch_size=None))
+    assert len(batches) == 2
+    batch = batches[0]
+    assert tuple(batch["inputs"].shape) == (2, 3, 3, SIZE, SIZE)
+    assert tuple(batch["targets"].shape) == (2, 8, 3, SIZE, SIZE)
+    assert tuple(batch["masks"].shape) == (2, 8, 1, SIZE, SIZE)
+    face_fraction = (batch["masks"] > 127).float().mean().item()
+    assert 0.15 < face_fraction < 0.8
+    assert int(batch["stats"][0]) > 0  # samples_ok
+
+
+def _bench_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "few_to_many.py"
+    spec = importlib.util.spec_from_file_location("few_to_many_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_probes_never_show_the_target_and_nest(tmp_path):
+    bench = _bench_module()
+    paths = _write(tmp_path)
+    identities = bench.load_test_identities("::".join(str(p) for p in paths["test"]), SIZE)
+    assert len(identities) == 2
+    probes = bench.fixed_probes(identities, draws=3, num_patches=64, mask_ratio=0.95)
+    again = bench.fixed_probes(identities, draws=3, num_patches=64, mask_ratio=0.95)
+    for k in bench.K_VALUES:
+        for probe, same in zip(probes[f"k={k}"], again[f"k={k}"], strict=True):
+            assert probe.target_view not in probe.input_views and len(probe.input_views) == k
+            assert probe.input_views == same.input_views
+            assert int(probe.hidden.sum()) == round(0.95 * 64)
+    for small, large in zip(probes["k=1"], probes["k=7"], strict=True):
+        assert set(small.input_views) <= set(large.input_views)
+    for probe in probes["wrong identity k=3"]:
+        assert probe.input_identity != probe.target_identity
+    for without, with_ in zip(probes["mark: inputs without it"], probes["mark: inputs with it"],
+                              strict=True):
+        marks = identities[without.target_identity].marks.flatten(1).sum(1)
+        assert all(marks[v] == 0 for v in without.input_views)
+        assert sum(marks[v] > 0 for v in with_.input_views) == 1
+        assert marks[without.target_view] > 0
