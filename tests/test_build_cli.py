@@ -1,0 +1,150 @@
+"""The build's command line, the cluster config and per-clip fault isolation."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from curation.config import BuildConfig, build_parser, parse_args
+from curation.records import ClipRecord, Reason
+from curation.shard_build import BuilderSettings, ShardBuilder
+
+REPO = Path(__file__).resolve().parent.parent
+ISSUE_FLAGS = [
+    "--source", "--output", "--min-face-size", "--images-per-identity", "--pose-clusters",
+    "--sample-fps", "--quality-model", "--quality-weights", "--face-detector",
+    "--insightface-root", "--identities-per-shard", "--test-fraction", "--takedown", "--seed",
+    "--ray-address", "--num-cpus", "--num-gpus", "--limit", "--crop-size", "--overwrite",
+]
+
+
+@pytest.mark.parametrize("how", [["curation/build_mfhq.py"], ["-m", "curation.build_mfhq"]])
+def test_help_documents_every_flag(how):
+    out = subprocess.run([sys.executable, *how, "--help"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    options = [s for a in build_parser()._actions for s in a.option_strings]
+    for flag in set(ISSUE_FLAGS) | set(options):
+        assert flag in out, flag
+    for action in build_parser()._actions:
+        assert action.help, action.option_strings
+
+
+def test_arguments_map_to_the_config():
+    config = parse_args(["--source", "celebvhq=/a", "--source", "VFHQ=/b", "--output", "o",
+                         "--min-face-size", "300", "--pose-clusters", "10", "--limit", "3",
+                         "--ray-address", "auto", "--quality-model", "piqe"])
+    assert config.sources == [("celebvhq", "/a"), ("vfhq", "/b")]
+    assert config.shards_dir == Path("o/shards") and config.manifests_dir == Path("o/manifests")
+    assert (config.min_face_size, config.pose_clusters, config.limit) == (300, 10, 3)
+    assert BuildConfig(sources=[("folder", "x")]).shards_dir == Path("shards")
+
+
+def test_config_hash_ignores_runtime_settings_only():
+    base = parse_args(["--source", "folder=/x"])
+    same = parse_args(["--source", "folder=/x", "--num-cpus", "3", "--ray-address", "auto"])
+    other = parse_args(["--source", "folder=/x", "--seed", "1"])
+    assert base.config_hash() == same.config_hash() != other.config_hash()
+
+
+@pytest.mark.parametrize("argv", [[], ["--source", "nodir"],
+                                  ["--source", "folder=/x", "--pose-clusters", "4"],
+                                  ["--source", "folder=/x", "--test-fraction", "2"]])
+def test_bad_arguments_exit_with_usage(argv):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+
+
+def test_missing_source_and_missing_weights_are_one_clear_error(tmp_path):
+    cmd = [sys.executable, "curation/build_mfhq.py", "--output", str(tmp_path / "o"),
+           "--no-progress"]
+    r = subprocess.run(cmd + ["--source", f"vfhq={tmp_path / 'nope'}", "--quality-model", "piqe",
+                              "--face-detector", "mediapipe"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(cmd + ["--source", f"vfhq={tmp_path}", "--quality-weights",
+                              str(tmp_path / "topiq.pth")],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "topiq.pth" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cluster_yaml_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((REPO / "curation" / "cluster.yaml").read_text())
+    prepared = prepare_config(copy.deepcopy(raw))
+    validate_config(prepared)
+    types = prepared["available_node_types"]
+    assert prepared["head_node_type"] == "head"
+    assert {"cpu_worker", "gpu_worker"} <= set(types)
+    assert any("pip install -e ~/mfhq" in c for c in prepared["setup_commands"])
+    broken = copy.deepcopy(raw)
+    broken["available_node_types"]["cpu_worker"]["not_a_field"] = 1
+    with pytest.raises(Exception, match="not_a_field"):
+        validate_config(prepare_config(broken))
+
+
+# --- per-clip fault isolation inside a shard builder ----------------------------------------
+
+class _ExplodingAnalyzer:
+    def analyze_clip(self, clip):
+        raise RuntimeError(f"decoder crashed on {clip.clip_id}")
+
+
+class _StuckAnalyzer:
+    def __init__(self):
+        self.release = threading.Event()
+
+    def analyze_clip(self, clip):
+        self.release.wait(30)
+
+
+def _clip() -> ClipRecord:
+    return ClipRecord(source="folder", clip_id="c", original_clip_id="c", identity_id="folder:x",
+                      source_video_id="x", video_path="/nonexistent.mp4")
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("builder")
+    settings = BuilderSettings(shards_dir=str(tmp / "s"), manifests_dir=str(tmp / "m"),
+                               quality_model="piqe", clip_time_limit_s=0.0,
+                               analysis={"face_detector": "mediapipe", "min_face_size": 64,
+                                         "crop_size": 64})
+    b = ShardBuilder(settings)
+    yield b
+    b.close()
+
+
+def test_a_clip_that_raises_is_recorded_and_the_builder_goes_on(builder):
+    builder._fresh_analyzer()
+    builder._analyzer = _ExplodingAnalyzer()
+    outcome = builder.analyze(_clip())
+    assert outcome["status"] == "failed" and outcome["reason"] == Reason.INTERNAL_ERROR
+    assert "decoder crashed on c" in outcome["message"]
+    # The real analyzer still works for the next clip (a missing file is its own reason).
+    builder._analyzer = None
+    nxt = builder.analyze(_clip())
+    assert nxt["status"] == "failed" and nxt["reason"] != Reason.INTERNAL_ERROR
+
+
+def test_a_clip_past_its_time_limit_is_a_timeout_and_the_analyzer_is_replaced(builder,
+                                                                           monkeypatch):
+    import curation.shard_build as shard_build
+
+    monkeypatch.setattr(shard_build, "TIMEOUT_GRACE_S", 0.5)
+    builder._fresh_analyzer()
+    stuck = _StuckAnalyzer()
+    builder._analyzer = stuck
+    outcome = builder.analyze(_clip())
+    stuck.release.set()
+    assert outcome["reason"] == Reason.VIDEO_TIMEOUT and outcome["status"] == "failed"
+    assert builder._analyzer is None          # a fresh one is made for the next clip
+    assert builder.scorer.score([np.zeros((64, 64, 3), np.uint8)]).shape == (1,)
