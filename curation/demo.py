@@ -1,7 +1,8 @@
 """The README demo (`make demo`): build the demo corpus, including bad inputs, run the full
-MFHQ build on it, and write the build's audit report (`curation.report`).
+MFHQ build on it, write the build's audit report (`curation.report`), and train Omni-ID
+(`tiny` preset) for a minute on the demo shards, ending with one held-out eval line.
 
-    python -m curation.demo --workdir demo-output [--num-cpus N] [--seed S]
+    python -m curation.demo --workdir demo-output [--num-cpus N] [--seed S] [--train-steps N]
 
 The demo corpus has small faces (about 200-300 px in 512 px frames) and no model downloads are
 possible, so the demo build uses a lower --min-face-size, 256 px crops, the bundled mediapipe
@@ -103,14 +104,44 @@ def write_demo_report(paths: DemoPaths) -> Path:
     return write_report(ReportConfig(output=paths.output))
 
 
+def shard_pattern(shards_dir: Path, split: str) -> str | None:
+    """A brace pattern over a split's shards (names are contiguous), or None when there are none."""
+    tars = sorted((shards_dir / split).glob(f"mfhq-{split}-*.tar"))
+    if not tars:
+        return None
+    first, last = (t.stem.rsplit("-", 1)[1] for t in (tars[0], tars[-1]))
+    if first == last:
+        return str(tars[0])
+    return str(shards_dir / split / f"mfhq-{split}-{{{first}..{last}}}.tar")
+
+
+def run_demo_training(paths: DemoPaths, steps: int) -> int:
+    """A short `tiny` MTD run on the demo shards, ending with one held-out eval line."""
+    from training.train import main as train_main
+
+    train = shard_pattern(paths.shards, "train")
+    if train is None:
+        print("[demo] no train shards: skipping the training run", flush=True)
+        return 1
+    args = ["--preset", "tiny", "--stage", "mtd", "--shards", train,
+            "--out", str(paths.workdir / "omni-id"), "--max-steps", str(steps)]
+    test = shard_pattern(paths.shards, "test")
+    if test is not None:
+        args += ["--test-shards", test]
+    print("[demo] python -m training.train " + " ".join(args), flush=True)
+    return train_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m curation.demo",
-        description="Build the demo corpus (with bad inputs) and run the full MFHQ build on it.")
+        description="Build the demo corpus (with bad inputs), run the full MFHQ build on it, write the audit report, and train Omni-ID (tiny preset) briefly on the demo shards.")
     parser.add_argument("--workdir", default="demo-output", help="folder for corpus and build")
     parser.add_argument("--seed", type=int, default=0, help="demo corpus seed")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs for the embedded Ray (default: all)")
+    parser.add_argument("--train-steps", type=int, default=60,
+                        help="steps of the short Omni-ID training run at the end (0: skip it)")
     ns = parser.parse_args(argv)
 
     from curation.runner import format_summary
@@ -130,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_demo_build(paths, extra)
     print(format_summary(summary), flush=True)
     print(f"[demo] report: {write_demo_report(paths)}", flush=True)
-    return 0 if summary.ok else 1
+    if not summary.ok:
+        return 1
+    if ns.train_steps > 0 and run_demo_training(paths, ns.train_steps) != 0:
+        return 1
+    print(f"[demo] done: shards {paths.shards}, manifests {paths.manifests}, "
+          f"checkpoints {paths.workdir / 'omni-id'}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
