@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -110,7 +111,8 @@ def make_data(size: BenchSize, work: Path, data_seed: int) -> tuple[str, str]:
         start = time.perf_counter()
         synthetic.write_shards(synthetic.SyntheticConfig(
             out=root, identities=size.train_identities, test_identities=size.test_identities,
-            size=size.image_size, seed=data_seed, per_shard=250, progress=True))
+            size=size.image_size, seed=data_seed, per_shard=250,
+            workers=os.cpu_count() or 1, progress=True))
         done.write_text("ok\n")
         print(f"rendered data in {time.perf_counter() - start:.0f}s: {root}", flush=True)
     train_urls = sorted(str(p) for p in (root / "train").glob("*.tar"))

@@ -87,15 +87,15 @@ def test_expression_changes_the_mouth_only_with_the_same_pose():
     np.testing.assert_array_equal(closed.mask, opened.mask)
 
 
-def _write(tmp_path, seed=3):
+def _write(tmp_path, seed=3, workers=1):
     config = synthetic.SyntheticConfig(out=tmp_path, identities=3, test_identities=2, size=SIZE,
-                                       seed=seed, per_shard=2, progress=False)
+                                       seed=seed, per_shard=2, workers=workers, progress=False)
     return synthetic.write_shards(config)
 
 
 def test_shards_are_byte_identical_for_a_seed(tmp_path):
     first = _write(tmp_path / "a")
-    second = _write(tmp_path / "b")
+    second = _write(tmp_path / "b", workers=2)  # parallel rendering gives the same bytes
     assert [p.name for p in first["train"]] == ["mfhq-train-000000.tar", "mfhq-train-000001.tar"]
     assert len(first["test"]) == 1
     for a, b in zip(first["train"] + first["test"], second["train"] + second["test"],

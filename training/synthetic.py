@@ -462,33 +462,60 @@ class SyntheticConfig:
     size: int = 64
     seed: int = 0
     per_shard: int = 500
+    workers: int = 1
     progress: bool = True
 
 
-def write_shards(config: SyntheticConfig) -> dict[str, list[Path]]:
-    """Render every identity and write the train and test shards; returns the paths by split."""
-    plan = {
+def _write_one_shard(path: Path, split: str, identity_ids: list[str], size: int) -> int:
+    _write_tar(path, [sample_members(i, split, size) for i in identity_ids])
+    return len(identity_ids)
+
+
+def shard_plan(config: SyntheticConfig) -> list[tuple[Path, str, list[str]]]:
+    """(shard path, split, identity ids) for every shard; test ids continue after train ids."""
+    ranges = {
         "train": range(config.identities),
         "test": range(config.identities, config.identities + config.test_identities),
     }
+    plan = []
+    for split, indices in ranges.items():
+        for shard_index, start in enumerate(range(0, len(indices), config.per_shard)):
+            ids = [synthetic_identity_id(config.seed, i)
+                   for i in indices[start:start + config.per_shard]]
+            plan.append((config.out / shard_name(split, shard_index), split, ids))
+    return plan
+
+
+def write_shards(config: SyntheticConfig) -> dict[str, list[Path]]:
+    """Render every identity and write the train and test shards; returns the paths by split.
+
+    With `workers` > 1 shards render in parallel processes; the bytes do not depend on it.
+    """
+    plan = shard_plan(config)
     total = config.identities + config.test_identities
     done = 0
-    paths: dict[str, list[Path]] = {"train": [], "test": []}
-    for split, indices in plan.items():
-        for shard_index, start in enumerate(range(0, len(indices), config.per_shard)):
-            chunk = indices[start:start + config.per_shard]
-            samples = [
-                sample_members(synthetic_identity_id(config.seed, i), split, config.size)
-                for i in chunk
-            ]
-            path = config.out / shard_name(split, shard_index)
-            _write_tar(path, samples)
-            paths[split].append(path)
-            done += len(chunk)
-            if config.progress:
-                print(f"\r{done}/{total} identities", end="", file=sys.stderr, flush=True)
+
+    def report(count: int) -> None:
+        nonlocal done
+        done += count
+        if config.progress:
+            print(f"\r{done}/{total} identities", end="", file=sys.stderr, flush=True)
+
+    if config.workers > 1 and len(plan) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(min(config.workers, len(plan))) as pool:
+            futures = [pool.submit(_write_one_shard, path, split, ids, config.size)
+                       for path, split, ids in plan]
+            for future in futures:
+                report(future.result())
+    else:
+        for path, split, ids in plan:
+            report(_write_one_shard(path, split, ids, config.size))
     if config.progress:
         print(file=sys.stderr)
+    paths: dict[str, list[Path]] = {"train": [], "test": []}
+    for path, split, _ in plan:
+        paths[split].append(path)
     return paths
 
 
@@ -503,13 +530,15 @@ def parse_args(argv: list[str] | None = None) -> SyntheticConfig:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (part of every id)")
     parser.add_argument("--per-shard", type=int, default=500, help="identities per shard")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering shards")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
     if args.identities < 0 or args.test_identities < 0 or args.size < 8 or args.per_shard < 1:
         parser.error("need identities >= 0, test-identities >= 0, size >= 8, per-shard >= 1")
     return SyntheticConfig(
         out=args.out, identities=args.identities, test_identities=args.test_identities,
-        size=args.size, seed=args.seed, per_shard=args.per_shard, progress=not args.quiet,
+        size=args.size, seed=args.seed, per_shard=args.per_shard, workers=max(1, args.workers),
+        progress=not args.quiet,
     )
 
 
