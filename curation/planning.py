@@ -58,6 +58,9 @@ class Plan:
     n_clips: int
     n_identities_total: int                   # before --limit
     sources: list[tuple[str, str]] = field(default_factory=list)
+    # Set when recorded takedowns were taken out of an enumerated plan: the fingerprint stays
+    # the one of the sources as enumerated, so a resume is still the same build.
+    base_fingerprint: str | None = None
 
     @property
     def identities(self) -> list[IdentityPlan]:
@@ -65,6 +68,8 @@ class Plan:
 
     def fingerprint(self) -> str:
         """A hash of the shard assignment and every clip in it (detects changed sources)."""
+        if self.base_fingerprint:
+            return self.base_fingerprint
         digest = hashlib.sha256()
         for shard in self.shards:
             digest.update(shard.name.encode())

@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation import manifests
+from curation import manifests, takedown
 from curation.config import BuildConfig
-from curation.planning import Plan, ShardSpec, build_plan, plan_json_bytes
+from curation.planning import Plan, ShardSpec, build_plan, plan_json_bytes, read_takedown
+from curation.records import Reason
 from curation.shard_build import BuilderSettings, ShardBuilder, ShardResult, enumeration_rows
 from curation.shard_writer import file_sha256, remove_stale_temporaries
 
@@ -410,11 +411,18 @@ def run_build(config: BuildConfig) -> BuildSummary:
                       test_fraction=config.test_fraction,
                       identities_per_shard=config.identities_per_shard, limit=config.limit)
     timings["enumerate_and_plan"] = time.monotonic() - t
+    # Identities removed from this folder by `python -m curation.takedown` never come back.
+    plan = takedown.without_recorded(plan, config.manifests_dir)
     prepare_output(config, plan)
     enumeration_part = config.manifests_dir / "clips" / manifests.ENUMERATION_PART
     if not enumeration_part.exists():
-        manifests.write_table_atomic(
-            manifests.to_table("clips", enumeration_rows(plan.rejected_clips)), enumeration_part)
+        # Clips on the takedown list leave no row with their ids, only a salted hash.
+        taken = [c for c in plan.rejected_clips if c.reason == Reason.TAKEDOWN]
+        takedown.append_record(config.manifests_dir,
+                               takedown.clip_removals(taken, read_takedown(config.takedown)),
+                               takedown.DEFAULT_REASON, "build")
+        rows = enumeration_rows([c for c in plan.rejected_clips if c.reason != Reason.TAKEDOWN])
+        manifests.write_table_atomic(manifests.to_table("clips", rows), enumeration_part)
 
     t = time.monotonic()
     todo = [s for s in plan.shards if not shard_is_finished(config, s)]
