@@ -199,7 +199,7 @@ def make_plate(photo_rgb: np.ndarray, face: SourceFace, face_px: float) -> Plate
     to_plate = np.array([[scale, 0, out_w / 2 - scale * cx],
                          [0, scale, out_h / 2 - scale * (cy + 0.15 * fh)]], np.float64)
     rgb = cv2.warpAffine(photo_rgb, to_plate, (out_w, out_h), flags=cv2.INTER_CUBIC,
-                         borderMode=cv2.BORDER_REFLECT_101)
+                         borderMode=cv2.BORDER_REPLICATE)  # reflecting would mirror faces
     alpha = np.zeros((out_h, out_w), np.uint8)
     centre = (int(round(out_w / 2)), int(round(out_h / 2 - 0.05 * fh * scale)))
     axes = (int(round(0.95 * fw * scale)), int(round(1.3 * fh * scale)))
