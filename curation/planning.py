@@ -44,6 +44,8 @@ class ShardSpec:
     split: str
     index: int
     identities: list[IdentityPlan]
+    # "source:clip_id" -> why it is not analysed (set by the runner after a worker died on it)
+    poisoned: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -44,6 +44,8 @@ class Reason(StrEnum):
     TOO_FEW_FACES = "too_few_faces"                  # fewer usable faces than images-per-identity
     TOO_FEW_POSE_CLUSTERS = "too_few_pose_clusters"  # cannot take faces from enough distinct clusters
     INTERNAL_ERROR = "internal_error"                # a bug or an unexpected library error; message has it
+    # clips (appended)
+    WORKER_CRASHED = "worker_crashed"                # the worker process died each time it analysed this clip
 
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")

@@ -27,7 +27,14 @@ from curation import manifests, takedown
 from curation.config import BuildConfig
 from curation.planning import Plan, ShardSpec, build_plan, plan_json_bytes, read_takedown
 from curation.records import Reason
-from curation.shard_build import BuilderSettings, ShardBuilder, ShardResult, enumeration_rows
+from curation.shard_build import (
+    INFLIGHT_DIR,
+    BuilderSettings,
+    ShardBuilder,
+    ShardResult,
+    enumeration_rows,
+    read_inflight,
+)
 from curation.shard_writer import file_sha256, remove_stale_temporaries
 
 PLAN_FILE = "plan.json"
@@ -35,6 +42,7 @@ RUN_FILE = "run.json"
 SHARDS_TABLE = "shards.parquet"
 ACTOR_MAX_RESTARTS = 2
 ACTOR_MAX_TASK_RETRIES = 2
+MAX_POISONED_CLIPS_PER_SHARD = 3
 VERSIONED_PACKAGES = ("ray", "torch", "torchvision", "pyiqa", "mediapipe", "insightface",
                       "onnxruntime", "decord", "av", "numpy", "scikit-learn", "pyarrow",
                       "pillow", "webdataset", "opencv-python-headless")
@@ -98,6 +106,7 @@ def prepare_output(config: BuildConfig, plan: Plan) -> None:
     for table in manifests.TABLES:
         remove_stale_temporaries(mdir / table)
     remove_stale_temporaries(mdir)
+    shutil.rmtree(mdir / INFLIGHT_DIR, ignore_errors=True)
     _write_atomic(plan_path, plan_json_bytes(plan, config_hash, config.to_json()))
 
 
@@ -305,11 +314,15 @@ def run_shards(config: BuildConfig, specs: list[ShardSpec], identities_done: int
                     results.append(ray.get(ref))
                     idle.append(actor)
                 except RayActorError as err:
-                    # Ray already restarted it and retried the shard; give up on this shard and
-                    # replace the actor so the rest of the build goes on.
-                    failures.append((spec.name, f"worker died: {err}"[:1000]))
+                    # Ray already restarted it and retried the shard; replace the actor so the
+                    # rest of the build goes on.
                     ray.kill(actor, no_restart=True)
                     idle.append(actor_cls.remote(settings))
+                    retry = _without_poisoned_clip(config, spec)
+                    if retry is not None:
+                        pending.appendleft(retry)   # the shard again, that clip recorded failed
+                        continue
+                    failures.append((spec.name, f"worker died: {err}"[:1000]))
                 except RayError as err:
                     failures.append((spec.name, str(err)[:2000]))
                     idle.append(actor)
@@ -321,6 +334,20 @@ def run_shards(config: BuildConfig, specs: list[ShardSpec], identities_done: int
         for actor in idle + [a for a, _ in inflight.values()]:
             ray.kill(actor, no_restart=True)
     return results, failures
+
+
+def _without_poisoned_clip(config: BuildConfig, spec: ShardSpec) -> ShardSpec | None:
+    """The spec again with the clip its worker died on marked poisoned, or None when that clip
+    is unknown or already marked (then the shard itself fails)."""
+    import dataclasses
+
+    clip = read_inflight(config.manifests_dir, spec.name)
+    if clip is None or clip in spec.poisoned or \
+            len(spec.poisoned) >= MAX_POISONED_CLIPS_PER_SHARD:
+        return None
+    why = (f"the worker process died {ACTOR_MAX_TASK_RETRIES + 1} times while analysing this "
+           "clip (crash or out of memory in the decoder or a model); the clip was left out")
+    return dataclasses.replace(spec, poisoned={**spec.poisoned, clip: why})
 
 
 # --- finalize ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -37,6 +38,26 @@ from training.sample_format import FORMAT_VERSION, JSON_EXT, image_ext, mask_ext
 
 # Extra time over the analyzer's own per-clip limit before the builder gives up on a call.
 TIMEOUT_GRACE_S = 30.0
+# Folder (under the manifests folder, hidden) where each builder names the clip it is analysing,
+# so that the runner can tell which clip a dead worker was on.
+INFLIGHT_DIR = ".inflight"
+
+
+def clip_key(clip: ClipRecord) -> str:
+    return f"{clip.source}:{clip.clip_id}"
+
+
+def inflight_marker(manifests_dir: str | Path, shard: str) -> Path:
+    return Path(manifests_dir) / INFLIGHT_DIR / manifests.part_name(shard).replace(
+        ".parquet", ".json")
+
+
+def read_inflight(manifests_dir: str | Path, shard: str) -> str | None:
+    """The clip key a builder of `shard` was analysing when it last wrote its marker."""
+    try:
+        return json.loads(inflight_marker(manifests_dir, shard).read_text())["clip"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass
@@ -90,6 +111,8 @@ class ShardBuilder:
         self._analysis_config = AnalysisConfig(**settings.analysis)
         self._analyzer = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._marker: Path | None = None
+        self._poisoned: dict[str, str] = {}
         self.scorer = QualityScorer(model=settings.quality_model, weights=settings.quality_weights,
                                     device=settings.device, batch_size=settings.quality_batch_size)
 
@@ -141,6 +164,8 @@ class ShardBuilder:
         rows: dict[str, list[dict]] = {"clips": [], "faces": [], "identities": []}
         samples: list[Sample] = []
         clips_ok = clips_failed = 0
+        self._marker = inflight_marker(self.settings.manifests_dir, spec.name)
+        self._poisoned = dict(spec.poisoned)
         for ident in spec.identities:
             sample, ident_rows = self.build_identity(ident, spec.name)
             for table, table_rows in ident_rows.items():
@@ -155,6 +180,7 @@ class ShardBuilder:
         manifests.write_shard_parts(Path(self.settings.manifests_dir), spec.name, staged.sha256,
                                     rows)
         commit_shard(staged)
+        self._marker.unlink(missing_ok=True)
         return ShardResult(spec.name, spec.split, len(samples), len(spec.identities),
                            staged.bytes, staged.sha256, clips_ok, clips_failed,
                            time.monotonic() - started)
@@ -166,7 +192,13 @@ class ShardBuilder:
         faces: list[_Face] = []
         rejected: list[_Face] = []
         for clip in ident.clips:
-            outcome = self.analyze(clip)
+            if clip_key(clip) in self._poisoned:
+                outcome = {"analysis": None, "status": "failed",
+                           "reason": Reason.WORKER_CRASHED.value,
+                           "message": self._poisoned[clip_key(clip)], "seconds": 0.0}
+            else:
+                self._mark_inflight(shard, clip)
+                outcome = self.analyze(clip)
             analysis = outcome["analysis"]
             cands = list(analysis.candidates) if analysis is not None else []
             usable = [c for c in cands if _usable(c)]
@@ -188,6 +220,14 @@ class ShardBuilder:
         for face in faces + rejected:   # the crops are in the sample now; free them
             face.cand.crop = face.cand.mask = None
         return sample, {"clips": clip_rows, "faces": face_rows, "identities": [ident_row]}
+
+    def _mark_inflight(self, shard: str, clip: ClipRecord) -> None:
+        if self._marker is None:
+            return
+        self._marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._marker.with_name(f".{self._marker.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"shard": shard, "clip": clip_key(clip), "pid": os.getpid()}))
+        os.replace(tmp, self._marker)
 
     def _select(self, faces: list[_Face]) -> Selection:
         s = self.settings
