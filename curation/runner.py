@@ -25,7 +25,14 @@ from typing import Any
 
 from curation import manifests, takedown
 from curation.config import BuildConfig
-from curation.planning import Plan, ShardSpec, build_plan, plan_json_bytes, read_takedown
+from curation.planning import (
+    Plan,
+    ShardSpec,
+    build_plan,
+    plan_json_bytes,
+    read_takedown,
+    takedown_match,
+)
 from curation.records import Reason
 from curation.shard_build import (
     INFLIGHT_DIR,
@@ -444,11 +451,12 @@ def run_build(config: BuildConfig) -> BuildSummary:
     enumeration_part = config.manifests_dir / "clips" / manifests.ENUMERATION_PART
     if not enumeration_part.exists():
         # Clips on the takedown list leave no row with their ids, only a salted hash.
-        taken = [c for c in plan.rejected_clips if c.reason == Reason.TAKEDOWN]
-        takedown.append_record(config.manifests_dir,
-                               takedown.clip_removals(taken, read_takedown(config.takedown)),
+        listed = read_takedown(config.takedown)
+        taken = [c for c in plan.rejected_clips
+                 if c.reason == Reason.TAKEDOWN or takedown_match(c, listed)]
+        takedown.append_record(config.manifests_dir, takedown.clip_removals(taken, listed),
                                takedown.DEFAULT_REASON, "build")
-        rows = enumeration_rows([c for c in plan.rejected_clips if c.reason != Reason.TAKEDOWN])
+        rows = enumeration_rows([c for c in plan.rejected_clips if c not in taken])
         manifests.write_table_atomic(manifests.to_table("clips", rows), enumeration_part)
 
     t = time.monotonic()
