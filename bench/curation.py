@@ -1,0 +1,544 @@
+"""Curation throughput: our build against its floor and a naive baseline, in one run.
+
+    python bench/curation.py                          # 24 identities, naive on 6 of them
+    python bench/curation.py --identities 48 --naive-identities 8
+    python bench/curation.py --quick                  # tiny smoke run (3 identities)
+
+On a generated corpus (the demo corpus generator at `--identities N`, reused when already there)
+it measures, on the same plan and with the demo's build settings (mediapipe detector, 256 px
+crops, 6 sampled frames/s; PIQE, or TOPIQ-face where its weights are present):
+
+  floor   decode only the frames the pipeline samples, detect faces on them and run FaceMesh on
+          the largest big-enough face: the per-frame work no design can avoid. One process, one
+          thread, models loaded before the clock starts.
+  ours    the real build (`curation.runner.run_build`), end to end, with 1 and with 2 workers
+          (fresh output folders). Ray start-up (ray.init plus the actors loading their models) is
+          timed on its own in the same way and reported separately; "excl. start-up" subtracts it.
+  naive   written here: decode every frame, analyse every frame (detection, landmarks, pose,
+          alignment), score quality on every candidate, then select with the same pose clusters
+          and choice rule. Slow, so it runs on an evenly spread subset of the identities and its
+          rates are per identity.
+
+Prints a table, the per-identity comparison of selected-set quality (same quality model) and pose
+spread for ours vs naive, then one final line of figures. Timings on a shared machine are noisy:
+check `uptime` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")   # the floor and naive run like one Ray worker
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from curation import manifests  # noqa: E402
+from curation.analysis import AnalysisConfig  # noqa: E402
+from curation.config import BuildConfig, parse_args  # noqa: E402
+from curation.demo import DEMO_BUILD_FLAGS, SOURCE_KINDS  # noqa: E402
+from curation.planning import IdentityPlan, build_plan  # noqa: E402
+
+TARGET_NAIVE_OVER_OURS = 10.0
+TARGET_OURS_OVER_FLOOR = 2.0
+TARGET_SCALING = 1.7
+QUALITY_TOLERANCE = 0.05   # "same" selected quality: within 5 % of naive's mean
+
+
+@dataclass
+class CurationBenchConfig:
+    identities: int = 24
+    workdir: str = str(Path(tempfile.gettempdir()) / "mfhq-bench-curation")
+    naive_identities: int = 6
+    skip_naive: bool = False
+    quick: bool = False
+    workers: list[int] = field(default_factory=lambda: [1, 2])
+    quality_model: str = "auto"      # auto: TOPIQ-face when its weights are present, else piqe
+    quality_weights: str | None = None
+    seed: int = 0
+    limit: int | None = None         # only the first N identities of the plan (smoke runs)
+
+
+@dataclass
+class StageResult:
+    name: str
+    identities: int
+    clips: int
+    frames: int
+    seconds: float
+    quality_calls: int = 0
+    note: str = ""
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def identities_per_min(self) -> float:
+        return 60.0 * self.identities / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def seconds_per_identity(self) -> float:
+        return self.seconds / self.identities if self.identities else float("nan")
+
+    @property
+    def quality_calls_per_identity(self) -> float:
+        return self.quality_calls / self.identities if self.identities else float("nan")
+
+
+@dataclass
+class SelectedSet:
+    """Selected-set quality and pose spread of one identity."""
+
+    identity_id: str
+    kept: bool
+    mean_quality: float | None
+    yaw_std: float | None
+    pitch_std: float | None
+    yaw_range: float | None
+    pitch_range: float | None
+
+
+# --- corpus and build settings ---------------------------------------------------------------
+
+def ensure_corpus(corpus: Path, identities: int, seed: int) -> dict:
+    """The demo corpus with `identities` identities (reused when one with these settings is
+    there; 0 = the real faces only)."""
+    import json
+
+    from curation.democorpus import build_demo_corpus
+
+    summary_file = corpus / "corpus.json"
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        if (summary.get("seed") == seed and not summary.get("with_bad_inputs")
+                and len(summary.get("identities", [])) >= identities):
+            return summary
+    print(f"[bench] generating a {identities or 'real-faces-only'}-identity corpus in {corpus} "
+          "(minutes) ...", flush=True)
+    return build_demo_corpus(corpus, seed=seed, total_identities=identities)
+
+
+def resolve_quality_model(config: CurationBenchConfig) -> tuple[str, str | None]:
+    if config.quality_model != "auto":
+        return config.quality_model, config.quality_weights
+    from curation.quality import default_topiq_weights
+
+    weights = Path(config.quality_weights) if config.quality_weights else default_topiq_weights()
+    return ("topiq_nr-face", str(weights)) if weights.is_file() else ("piqe", None)
+
+
+def build_args(corpus: Path, output: Path, workers: int, quality: tuple[str, str | None],
+               limit: int | None) -> list[str]:
+    """The build command line: the demo build's settings on the benchmark corpus."""
+    args = []
+    for kind in SOURCE_KINDS:
+        if (corpus / kind).is_dir():
+            args += ["--source", f"{kind}={corpus / kind}"]
+    args += ["--output", str(output), *DEMO_BUILD_FLAGS, "--quality-model", quality[0],
+             "--num-cpus", str(workers), "--no-progress"]
+    if quality[1]:
+        args += ["--quality-weights", quality[1]]
+    if limit:
+        args += ["--limit", str(limit)]
+    return args
+
+
+def analysis_config(build: BuildConfig) -> AnalysisConfig:
+    """The analysis settings a build worker uses (curation.runner.builder_settings)."""
+    return AnalysisConfig(
+        sample_fps=build.sample_fps, max_frames_per_clip=build.max_frames_per_clip,
+        detect_max_side=build.detect_max_side, min_face_size=build.min_face_size,
+        crop_size=build.crop_size, face_detector=build.face_detector,
+        clip_time_limit_s=build.clip_time_limit_s)
+
+
+def spread_subset(identities: list[IdentityPlan], n: int) -> list[IdentityPlan]:
+    """n identities evenly spread over the sorted plan (not just the first few)."""
+    if n >= len(identities):
+        return list(identities)
+    picks = np.unique(np.round(np.linspace(0, len(identities) - 1, n)).astype(int))
+    return [identities[i] for i in picks]
+
+
+def _set_threads(n: int) -> None:
+    import cv2
+    import torch
+
+    cv2.setNumThreads(n)
+    torch.set_num_threads(n)
+
+
+# --- the floor -------------------------------------------------------------------------------
+
+def run_floor(identities: list[IdentityPlan], analysis: AnalysisConfig) -> StageResult:
+    """Decode the sampled frames, detect faces, FaceMesh on the largest big-enough face."""
+    from curation.decoding import (
+        DecodeError,
+        frame_range,
+        iter_frame_chunks,
+        open_frames,
+        resize_max_side,
+        sample_indices,
+    )
+    from curation.detection import face_size, make_detector
+    from curation.landmarks import FaceMeshLandmarker
+
+    detector = make_detector(analysis.face_detector, analysis.insightface_root)
+    landmarker = FaceMeshLandmarker()
+    frames = clips = faces = failed = 0
+    started = time.perf_counter()
+    for ident in identities:
+        for clip in ident.clips:
+            clips += 1
+            fps_hint = clip.extra.get("fps") if isinstance(clip.extra, dict) else None
+            try:
+                with open_frames(clip.video_path, fps_hint=fps_hint, num_threads=1) as source:
+                    info = source.info
+                    first, last = frame_range(info, clip.start_sec, clip.end_sec,
+                                              clip.start_frame, clip.end_frame)
+                    indices = sample_indices(first, last, info.fps, analysis.sample_fps,
+                                             analysis.max_frames_per_clip)
+                    for _, chunk in iter_frame_chunks(source, indices,
+                                                      analysis.frames_per_chunk):
+                        for frame in chunk:
+                            frames += 1
+                            small, scale = resize_max_side(frame, analysis.detect_max_side)
+                            found = [d for d in detector.detect(small)
+                                     if face_size(d.bbox) / scale >= analysis.min_face_size]
+                            if found:
+                                box = max(found, key=lambda d: face_size(d.bbox)).bbox
+                                points = landmarker.landmarks(
+                                    frame, tuple(v / scale for v in box))
+                                faces += points is not None
+            except DecodeError:
+                failed += 1
+    seconds = time.perf_counter() - started
+    detector.close()
+    landmarker.close()
+    note = f"{faces} faces with landmarks" + (f", {failed} clips undecodable" if failed else "")
+    return StageResult("floor (sampled decode + detect + landmarks)", len(identities), clips,
+                       frames, seconds, 0, note)
+
+
+# --- ours ------------------------------------------------------------------------------------
+
+def measure_ray_startup(build: BuildConfig) -> float:
+    """Seconds to start the embedded Ray and have every shard actor ready with its models, the
+    way `run_build` starts them (the build does this once per run)."""
+    import ray
+
+    from curation.runner import _ShardActor, builder_settings, init_ray
+
+    started = time.perf_counter()
+    init_ray(build)
+    try:
+        actor_cls = ray.remote(_ShardActor).options(num_cpus=1)
+        settings = builder_settings(build, "cpu")
+        actors = [actor_cls.remote(settings) for _ in range(int(build.num_cpus or 1))]
+        ray.get([a.ready.remote() for a in actors])
+        seconds = time.perf_counter() - started
+        for actor in actors:
+            ray.kill(actor)
+    finally:
+        ray.shutdown()
+    return seconds
+
+
+def run_ours(build: BuildConfig) -> tuple[StageResult, dict[str, float], float]:
+    """The whole build in a fresh output folder; (result, build timings, Ray start-up s)."""
+    from curation.runner import format_summary, run_build
+
+    output = Path(build.output)
+    if output.exists():
+        shutil.rmtree(output)
+    startup = measure_ray_startup(build)
+    started = time.perf_counter()
+    summary = run_build(build)
+    seconds = time.perf_counter() - started
+    if not summary.ok:
+        raise RuntimeError("the build failed:\n" + format_summary(summary))
+    clips = manifests.read_frame(build.manifests_dir, "clips")
+    idents = manifests.read_frame(build.manifests_dir, "identities")
+    analysed = clips[clips["stage"] == "analysis"]
+    result = StageResult(
+        f"ours, {build.num_cpus} worker{'s' if build.num_cpus != 1 else ''}", len(idents),
+        len(analysed), int(analysed["frames_decoded"].fillna(0).sum()), seconds,
+        int(idents["n_scored"].fillna(0).sum()),
+        f"{summary.counts['identities_kept']} kept; Ray start-up {startup:.1f} s incl.")
+    return result, summary.timings, startup
+
+
+def ours_selected_sets(manifests_dir: Path) -> dict[str, SelectedSet]:
+    idents = manifests.read_frame(manifests_dir, "identities")
+    return {row.identity_id: SelectedSet(row.identity_id, row.status == "kept",
+                                         _opt(row.mean_quality), _opt(row.yaw_std),
+                                         _opt(row.pitch_std), _opt(row.yaw_range),
+                                         _opt(row.pitch_range))
+            for row in idents.itertuples()}
+
+
+def _opt(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+# --- naive -----------------------------------------------------------------------------------
+
+def run_naive(identities: list[IdentityPlan], build: BuildConfig
+              ) -> tuple[StageResult, dict[str, SelectedSet]]:
+    """Every frame decoded and analysed, every candidate scored, then the same selection rule."""
+    from curation.analysis import FaceAnalyzer
+    from curation.quality import QualityScorer
+    from curation.selection import choose, cluster_poses, pose_spread
+
+    every_frame = dataclasses.replace(analysis_config(build), sample_fps=1e9,
+                                      max_frames_per_clip=10 ** 9)
+    analyzer = FaceAnalyzer(every_frame)
+    scorer = QualityScorer(build.quality_model, weights=build.quality_weights, device="cpu",
+                           batch_size=build.quality_batch_size)
+    frames = clips = calls = 0
+    selected: dict[str, SelectedSet] = {}
+    started = time.perf_counter()
+    for ident in identities:
+        candidates = []
+        for clip in ident.clips:
+            analysis = analyzer.analyze_clip(clip)
+            clips += 1
+            frames += analysis.frames_decoded
+            candidates.extend(c for c in analysis.usable if c.yaw is not None)
+        calls += len(candidates)
+        selected[ident.identity_id] = _naive_select(
+            ident.identity_id, candidates, scorer, build, choose, cluster_poses, pose_spread)
+        for cand in candidates:
+            cand.crop = cand.mask = None
+    seconds = time.perf_counter() - started
+    analyzer.close()
+    kept = sum(s.kept for s in selected.values())
+    return (StageResult("naive (every frame, score all)", len(identities), clips, frames,
+                        seconds, calls, f"{kept} kept; subset of the plan"), selected)
+
+
+def _naive_select(identity_id: str, candidates: list, scorer, build: BuildConfig, choose,
+                  cluster_poses, pose_spread) -> SelectedSet:
+    if len(candidates) < build.images_per_identity:
+        return SelectedSet(identity_id, False, None, None, None, None, None)
+    quality = np.asarray(scorer.score([c.crop for c in candidates]), dtype=np.float64)
+    poses = np.array([[c.yaw, c.pitch, c.roll] for c in candidates], dtype=np.float64)
+    clusters = cluster_poses(poses, build.pose_clusters, build.seed)
+    scores = {i: float(q) for i, q in enumerate(quality) if np.isfinite(q)}
+    choice = choose(clusters.labels, clusters.centroids, scores, build.images_per_identity)
+    if not choice.ok:
+        return SelectedSet(identity_id, False, None, None, None, None, None)
+    spread = pose_spread(poses[choice.selected])
+    return SelectedSet(identity_id, True, float(np.mean([scores[i] for i in choice.selected])),
+                       spread["yaw_std"], spread["pitch_std"], spread["yaw_range"],
+                       spread["pitch_range"])
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def stage_table(stages: list[StageResult]) -> str:
+    head = (f"{'stage':<44} {'ids':>4} {'clips':>5} {'frames':>6} {'seconds':>8} "
+            f"{'frames/s':>8} {'ids/min':>8} {'s/id':>6} {'q-calls/id':>10}  note")
+    lines = [head, "-" * len(head)]
+    for s in stages:
+        lines.append(f"{s.name:<44} {s.identities:>4} {s.clips:>5} {s.frames:>6} "
+                     f"{s.seconds:>8.1f} {s.frames_per_s:>8.1f} {s.identities_per_min:>8.2f} "
+                     f"{s.seconds_per_identity:>6.2f} {s.quality_calls_per_identity:>10.1f}  "
+                     f"{s.note}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def selection_table(ours: dict[str, SelectedSet], naive: dict[str, SelectedSet]) -> tuple[str,
+                                                                                         dict]:
+    head = (f"{'identity':<28} {'q ours':>7} {'q naive':>7} {'yaw_std o/n':>13} "
+            f"{'pitch_std o/n':>13} {'yaw_rng o/n':>13} {'pitch_rng o/n':>13}")
+    lines = [head, "-" * len(head)]
+    both = [i for i in naive if i in ours and ours[i].kept and naive[i].kept]
+    for ident in naive:
+        o, n = ours.get(ident), naive[ident]
+        o = o or SelectedSet(ident, False, None, None, None, None, None)
+        lines.append(
+            f"{ident[:28]:<28} {_fmt(o.mean_quality):>7} {_fmt(n.mean_quality):>7} "
+            f"{_fmt(o.yaw_std, 1):>6}/{_fmt(n.yaw_std, 1):<6} "
+            f"{_fmt(o.pitch_std, 1):>6}/{_fmt(n.pitch_std, 1):<6} "
+            f"{_fmt(o.yaw_range, 1):>6}/{_fmt(n.yaw_range, 1):<6} "
+            f"{_fmt(o.pitch_range, 1):>6}/{_fmt(n.pitch_range, 1):<6}")
+    summary: dict[str, float] = {"compared": len(both)}
+    if both:
+        for key in ("mean_quality", "yaw_std", "pitch_std", "yaw_range", "pitch_range"):
+            summary[f"ours_{key}"] = float(np.mean([getattr(ours[i], key) for i in both]))
+            summary[f"naive_{key}"] = float(np.mean([getattr(naive[i], key) for i in both]))
+        lines.append(f"{'mean over ' + str(len(both)) + ' kept by both':<28} "
+                     f"{summary['ours_mean_quality']:>7.3f} {summary['naive_mean_quality']:>7.3f} "
+                     f"{summary['ours_yaw_std']:>6.1f}/{summary['naive_yaw_std']:<6.1f} "
+                     f"{summary['ours_pitch_std']:>6.1f}/{summary['naive_pitch_std']:<6.1f} "
+                     f"{summary['ours_yaw_range']:>6.1f}/{summary['naive_yaw_range']:<6.1f} "
+                     f"{summary['ours_pitch_range']:>6.1f}/{summary['naive_pitch_range']:<6.1f}")
+    return "\n".join(lines), summary
+
+
+def verdict(name: str, value: float, target: float, higher_is_better: bool) -> str:
+    if not np.isfinite(value):
+        return f"{name}: not measured"
+    met = value >= target if higher_is_better else value <= target
+    sign = ">=" if higher_is_better else "<="
+    return f"{name} = {value:.2f} (target {sign} {target:g}): {'met' if met else 'MISSED'}"
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def run(config: CurationBenchConfig) -> dict[str, float]:
+    workdir = Path(config.workdir).resolve()
+    if config.quick:
+        config = dataclasses.replace(config, identities=0, naive_identities=1,
+                                     limit=config.limit or 3)
+    corpus = workdir / (f"corpus-{config.identities}" if config.identities else "corpus-real")
+    ensure_corpus(corpus, config.identities, config.seed)
+    quality = resolve_quality_model(config)
+    builds = {n: parse_args(build_args(corpus, workdir / f"build-{n}w", n, quality,
+                                       config.limit)) for n in config.workers}
+    reference = builds[min(builds)]
+    plan = build_plan(reference.resolved_sources(), takedown_file=None,
+                      test_fraction=reference.test_fraction,
+                      identities_per_shard=reference.identities_per_shard,
+                      limit=reference.limit)
+    identities = plan.identities
+    print(f"[bench] {len(identities)} identities, {sum(len(i.clips) for i in identities)} clips "
+          f"from {corpus}; quality model {quality[0]}; CPUs here {os.cpu_count()}; load "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    print("[bench] build: python curation/build_mfhq.py "
+          + " ".join(build_args(corpus, workdir / "build-Nw", 1, quality, config.limit)),
+          flush=True)
+
+    _set_threads(1)
+    print("[bench] floor ...", flush=True)
+    floor = run_floor(identities, analysis_config(reference))
+    stages = [floor]
+    ours: dict[int, tuple[StageResult, dict, float]] = {}
+    for n, build in sorted(builds.items()):
+        print(f"[bench] ours with {n} worker(s) ...", flush=True)
+        ours[n] = run_ours(build)
+        stages.append(ours[n][0])
+    excl = {n: dataclasses.replace(r, name=f"{r.name}, excl. start-up",
+                                   seconds=r.seconds - startup,
+                                   note=f"Ray start-up {startup:.1f} s excluded")
+            for n, (r, _, startup) in ours.items()}
+    stages.extend(excl[n] for n in sorted(excl))
+    naive_sets: dict[str, SelectedSet] = {}
+    naive = None
+    if not config.skip_naive and config.naive_identities > 0:
+        subset = spread_subset(identities, config.naive_identities)
+        print(f"[bench] naive on {len(subset)} identities ...", flush=True)
+        _set_threads(1)
+        naive, naive_sets = run_naive(subset, reference)
+        naive.note += (f" ({len(subset)} of {len(identities)} ids, "
+                       f"{naive.clips / max(naive.identities, 1):.1f} clips/id vs "
+                       f"{floor.clips / max(floor.identities, 1):.1f} in all)")
+        stages.append(naive)
+
+    one = excl[min(excl)]
+    figures = {
+        "identities": float(len(identities)),
+        "floor_fps": floor.frames_per_s,
+        "ours_fps": one.frames_per_s,
+        "ours_ids_per_min": one.identities_per_min,
+        "ours_qcalls_per_id": one.quality_calls_per_identity,
+        "ray_startup_s": ours[min(ours)][2],
+        "ours_over_floor": one.seconds_per_identity / floor.seconds_per_identity,
+        "ours_over_floor_incl_startup": (ours[min(ours)][0].seconds_per_identity
+                                         / floor.seconds_per_identity),
+        "naive_over_ours": float("nan"),
+        "scaling_2_vs_1": float("nan"),
+    }
+    if 1 in excl and 2 in excl:
+        figures["scaling_2_vs_1"] = excl[1].seconds / excl[2].seconds
+        figures["scaling_2_vs_1_incl_startup"] = ours[1][0].seconds / ours[2][0].seconds
+    if naive is not None:
+        figures.update(naive_fps=naive.frames_per_s, naive_ids_per_min=naive.identities_per_min,
+                       naive_qcalls_per_id=naive.quality_calls_per_identity,
+                       naive_over_ours=naive.seconds_per_identity / one.seconds_per_identity)
+
+    print()
+    print(f"Curation throughput, {len(identities)} identities, quality model {quality[0]}, "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(stage_table(stages))
+    for n, (_, timings, _) in sorted(ours.items()):
+        print(f"build timings, {n} worker(s): "
+              + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    quality_ok = pose_ok = None
+    if naive is not None:
+        print()
+        print(f"Selected sets, ours ({min(ours)} worker build) vs naive, quality model "
+              f"{quality[0]} (higher = better), pose spread in degrees:")
+        table, sel = selection_table(ours_selected_sets(builds[min(builds)].manifests_dir),
+                                     naive_sets)
+        print(table)
+        if sel.get("compared"):
+            quality_ok = (sel["ours_mean_quality"]
+                          >= sel["naive_mean_quality"] - QUALITY_TOLERANCE
+                          * abs(sel["naive_mean_quality"]))
+            pose_ok = (sel["ours_yaw_std"] + sel["ours_pitch_std"]
+                       >= (1 - QUALITY_TOLERANCE) * (sel["naive_yaw_std"]
+                                                     + sel["naive_pitch_std"]))
+            figures.update(quality_ours=sel["ours_mean_quality"],
+                           quality_naive=sel["naive_mean_quality"])
+    print()
+    print(verdict("naive/ours", figures["naive_over_ours"], TARGET_NAIVE_OVER_OURS, True))
+    print(verdict("ours/floor (excl. Ray start-up)", figures["ours_over_floor"],
+                  TARGET_OURS_OVER_FLOOR, False))
+    print(verdict("2 workers / 1 worker (excl. start-up)", figures["scaling_2_vs_1"],
+                  TARGET_SCALING, True))
+    if quality_ok is not None:
+        print(f"selected quality same or better (within {QUALITY_TOLERANCE:.0%} of naive): "
+              f"{'yes' if quality_ok else 'NO'}; pose spread (yaw+pitch std) same or better: "
+              f"{'yes' if pose_ok else 'NO'}")
+    print("FIGURES " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()))
+    return figures
+
+
+def parse_cli(argv: list[str] | None = None) -> CurationBenchConfig:
+    d = CurationBenchConfig()
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--identities", type=int, default=d.identities,
+                   help="identities in the generated corpus (0 = the 9 real faces only)")
+    p.add_argument("--workdir", default=d.workdir, help="corpus and build outputs go here")
+    p.add_argument("--naive-identities", type=int, default=d.naive_identities,
+                   help="identities the naive baseline runs on (evenly spread over the plan)")
+    p.add_argument("--skip-naive", action="store_true", help="do not run the naive baseline")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: real faces only, 3 identities, naive on 1")
+    p.add_argument("--workers", default="1,2",
+                   help="comma-separated worker counts for the build (default 1,2)")
+    p.add_argument("--quality-model", default=d.quality_model,
+                   choices=("auto", "piqe", "topiq_nr-face"),
+                   help="auto: TOPIQ-face where its weights are present, else piqe")
+    p.add_argument("--quality-weights", default=None, help="TOPIQ-face weights file")
+    p.add_argument("--seed", type=int, default=d.seed, help="demo corpus seed")
+    p.add_argument("--limit", type=int, default=None, help="first N identities only")
+    ns = p.parse_args(argv)
+    workers = sorted({int(w) for w in ns.workers.split(",") if w.strip()})
+    if not workers or min(workers) < 1:
+        p.error("--workers needs positive integers, e.g. 1,2")
+    return CurationBenchConfig(ns.identities, ns.workdir, ns.naive_identities, ns.skip_naive,
+                               ns.quick, workers, ns.quality_model, ns.quality_weights, ns.seed,
+                               ns.limit)
+
+
+if __name__ == "__main__":
+    run(parse_cli())
