@@ -55,7 +55,7 @@ def sample_key(identity_id: str) -> str:
     Keys may not contain dots (WebDataset splits key from extension at the first dot in the
     basename) or slashes; a readable prefix keeps them greppable, the hash keeps them unique.
     """
-    digest = hashlib.sha1(identity_id.encode("utf-8")).hexdigest()[:10]
+    digest = hashlib.sha1(identity_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     readable = _KEY_UNSAFE.sub("_", identity_id).strip("_")[:_KEY_PREFIX_MAX] or "id"
     return f"{readable}-{digest}"
 
