@@ -31,7 +31,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,25 @@ REGIMES = (
 )
 
 
+def select_regimes(names: tuple[str, ...]) -> tuple[Regime, ...]:
+    """Regimes named "IN-TGT@RATIO" (e.g. "3-8@0.95"), in Table 2's order; () means all."""
+    if not names:
+        return REGIMES
+    wanted = set()
+    for name in names:
+        try:
+            counts, ratio = name.split("@")
+            n_in, n_tgt = (int(v) for v in counts.split("-"))
+            regime = Regime(n_in, n_tgt, float(ratio))
+        except ValueError:
+            raise SystemExit(f"bad regime {name!r}: expected IN-TGT@RATIO, e.g. 3-8@0.95") from None
+        if not (1 <= regime.n_in <= 8 and 1 <= regime.n_tgt <= 8 and 0 < regime.mask_ratio < 1):
+            raise SystemExit(f"bad regime {name!r}: need 1..8 inputs and targets, ratio in (0, 1)")
+        wanted.add(regime)
+    return tuple(r for r in REGIMES if r in wanted) + tuple(
+        sorted(wanted - set(REGIMES), key=lambda r: (r.n_in, r.n_tgt, r.mask_ratio)))
+
+
 @dataclass(frozen=True)
 class BenchSize:
     image_size: int
@@ -99,6 +118,8 @@ class BenchConfig:
     data_seed: int = 0
     device: str = "auto"
     threads: int = 0  # 0: torch's default
+    steps: int = 0  # 0: the size's steps
+    regimes: tuple[str, ...] = ()  # () = all of REGIMES, else names like "3-8@0.95"
     json_out: Path | None = None
 
 
@@ -270,8 +291,8 @@ def mean_std(values: list[float]) -> str:
 
 
 def print_tables(results: dict[str, dict[int, dict[str, dict[str, float]]]],
-                 config: BenchConfig, size: BenchSize) -> None:
-    names = [r.name for r in REGIMES]
+                 config: BenchConfig, size: BenchSize, regimes: tuple[Regime, ...]) -> None:
+    names = [r.name for r in regimes]
     width = 17
 
     def row(label: str, cells: list[str]) -> str:
@@ -305,6 +326,9 @@ def print_tables(results: dict[str, dict[int, dict[str, dict[str, float]]]],
 
 def run(config: BenchConfig) -> dict:
     size = SIZES[config.size]
+    if config.steps > 0:
+        size = replace(size, steps=config.steps)
+    regimes = select_regimes(config.regimes)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available()
@@ -315,20 +339,20 @@ def run(config: BenchConfig) -> dict:
     num_patches = (size.image_size // size.patch) ** 2
     common = fixed_probes(identities, size.eval_draws, num_patches, config.eval_mask_ratio)
     own_cache: dict[float, dict[str, list[Probe]]] = {}
-    print(f"{len(identities)} test identities; {len(REGIMES)} regimes x {len(config.seeds)} "
+    print(f"{len(identities)} test identities; {len(regimes)} regimes x {len(config.seeds)} "
           f"seeds x {size.steps} steps of {size.batch} identities on {device}", flush=True)
 
     results: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
     bench_start = time.perf_counter()
-    for regime in REGIMES:
+    for regime in regimes:
         if regime.mask_ratio not in own_cache:
             own_cache[regime.mask_ratio] = fixed_probes(identities, size.eval_draws,
                                                         num_patches, regime.mask_ratio)
         own = {"k=3": own_cache[regime.mask_ratio]["k=3"]}
         for seed in config.seeds:
             start = time.perf_counter()
-            out = config.work / "runs" / f"{config.size}-{regime.n_in}-{regime.n_tgt}" \
-                f"-{regime.mask_ratio}-seed{seed}"
+            out = config.work / "runs" / f"{config.size}-{size.steps}-{regime.n_in}" \
+                f"-{regime.n_tgt}-{regime.mask_ratio}-seed{seed}"
             summary = train(run_config(size, regime, seed, train_urls, out, str(device)),
                             progress=False)
             trained = time.perf_counter() - start
@@ -341,7 +365,7 @@ def run(config: BenchConfig) -> dict:
                   f"eval {time.perf_counter() - start - trained:.0f}s, "
                   f"k=1/3/5/7 " + " ".join(f"{scores['common'][f'k={k}']:.4f}"
                                           for k in K_VALUES), flush=True)
-    print_tables(results, config, size)
+    print_tables(results, config, size, regimes)
     print(f"total {time.perf_counter() - bench_start:.0f}s (training + eval)")
     report = {"config": {**asdict(config), "work": str(config.work),
                          "json_out": str(config.json_out)},
@@ -366,12 +390,16 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="override the size's training steps (0: keep)")
+    parser.add_argument("--regimes", nargs="+", default=[], metavar="IN-TGT@RATIO",
+                        help="run only these regimes, e.g. 3-8@0.95 8-8@0.95 (default: all six)")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     args = parser.parse_args(argv)
     return BenchConfig(size=args.size, seeds=tuple(args.seeds),
                        eval_mask_ratio=args.eval_mask_ratio, work=args.work,
                        data_seed=args.data_seed, device=args.device, threads=args.threads,
-                       json_out=args.json)
+                       steps=args.steps, regimes=tuple(args.regimes), json_out=args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
