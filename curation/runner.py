@@ -249,6 +249,13 @@ class _ShardActor:
         return self.builder.build(spec)
 
     def ready(self) -> bool:
+        """Loads the face analyzer too, so that start-up is over once this returns (a failure
+        here is left for `build` to meet and record)."""
+        try:
+            if self.builder._analyzer is None:
+                self.builder._fresh_analyzer()
+        except Exception:  # noqa: BLE001 - see the docstring
+            pass
         return True
 
 
@@ -286,9 +293,11 @@ def _pool_shape(config: BuildConfig, n_work: int) -> tuple[int, float]:
 
 
 def run_shards(config: BuildConfig, specs: list[ShardSpec], identities_done: int,
-               identities_total: int, shards_total: int) -> tuple[list[ShardResult],
-                                                                  list[tuple[str, str]]]:
-    """Build the given shards on a pool of Ray actors; returns (results, failures)."""
+               identities_total: int, shards_total: int, timings: dict[str, float] | None = None
+               ) -> tuple[list[ShardResult], list[tuple[str, str]]]:
+    """Build the given shards on a pool of Ray actors; returns (results, failures).
+
+    `timings["actors_ready"]` gets the seconds until every actor had its models loaded."""
     import ray
     from ray.exceptions import RayActorError, RayError
     from tqdm import tqdm
@@ -300,6 +309,7 @@ def run_shards(config: BuildConfig, specs: list[ShardSpec], identities_done: int
     actor_cls = ray.remote(_ShardActor).options(
         num_cpus=1, num_gpus=gpu_share, max_restarts=ACTOR_MAX_RESTARTS,
         max_task_retries=ACTOR_MAX_TASK_RETRIES)
+    started = time.monotonic()
     idle = [actor_cls.remote(settings) for _ in range(n_actors)]
     pending = collections.deque(specs)
     inflight: dict[Any, tuple[Any, ShardSpec]] = {}
@@ -310,6 +320,10 @@ def run_shards(config: BuildConfig, specs: list[ShardSpec], identities_done: int
     shards_done = shards_total - len(specs)
     bar.set_postfix_str(f"shards {shards_done}/{shards_total}")
     try:
+        # ray.wait, not ray.get: an actor that fails to start is met (and recorded) by its builds.
+        ray.wait([actor.ready.remote() for actor in idle], num_returns=len(idle))
+        if timings is not None:
+            timings["actors_ready"] = time.monotonic() - started
         while pending or inflight:
             while idle and pending:
                 actor, spec = idle.pop(), pending.popleft()
@@ -475,7 +489,8 @@ def run_build(config: BuildConfig) -> BuildSummary:
         if todo:
             started_ray = init_ray(config)
             timings["ray_init"] = time.monotonic() - t
-            results, failures = run_shards(config, todo, ids_done, ids_total, len(plan.shards))
+            results, failures = run_shards(config, todo, ids_done, ids_total, len(plan.shards),
+                                            timings)
     except KeyboardInterrupt:
         interrupted = True
     finally:
