@@ -12,8 +12,9 @@ crops, 6 sampled frames/s; PIQE, or TOPIQ-face where its weights are present):
           the largest big-enough face: the per-frame work no design can avoid. One process, one
           thread, models loaded before the clock starts.
   ours    the real build (`curation.runner.run_build`), end to end, with 1 and with 2 workers
-          (fresh output folders). Ray start-up (ray.init plus the actors loading their models) is
-          timed on its own in the same way and reported separately; "excl. start-up" subtracts it.
+          (fresh output folders). Start-up (the driver's model check, ray.init, and the actors
+          loading their models, from the build's own timings) is reported separately; the
+          "excl. start-up" rows subtract it.
   naive   written here: decode every frame, analyse every frame (detection, landmarks, pose,
           alignment), score quality on every candidate, then select with the same pose clusters
           and choice rule. Slow, so it runs on an evenly spread subset of the identities and its
@@ -65,6 +66,7 @@ class CurationBenchConfig:
     workers: list[int] = field(default_factory=lambda: [1, 2])
     quality_model: str = "auto"      # auto: TOPIQ-face when its weights are present, else piqe
     quality_weights: str | None = None
+    topiq_stand_in: bool = False     # TOPIQ-face with random-init weights: its real compute
     seed: int = 0
     limit: int | None = None         # only the first N identities of the plan (smoke runs)
 
@@ -130,6 +132,10 @@ def ensure_corpus(corpus: Path, identities: int, seed: int) -> dict:
 
 
 def resolve_quality_model(config: CurationBenchConfig) -> tuple[str, str | None]:
+    if config.topiq_stand_in:
+        from curation.stand_in_models import write_topiq_stand_in
+
+        return "topiq_nr-face", str(write_topiq_stand_in(Path(config.workdir) / "topiq"))
     if config.quality_model != "auto":
         return config.quality_model, config.quality_weights
     from curation.quality import default_topiq_weights
@@ -233,41 +239,28 @@ def run_floor(identities: list[IdentityPlan], analysis: AnalysisConfig) -> Stage
 
 # --- ours ------------------------------------------------------------------------------------
 
-def measure_ray_startup(build: BuildConfig) -> float:
-    """Seconds to start the embedded Ray and have every shard actor ready with its models, the
-    way `run_build` starts them (the build does this once per run)."""
-    import ray
+STARTUP_TIMINGS = ("check_models", "ray_init", "actors_ready")
 
-    from curation.runner import _ShardActor, builder_settings, init_ray
 
-    started = time.perf_counter()
-    init_ray(build)
-    try:
-        actor_cls = ray.remote(_ShardActor).options(num_cpus=1)
-        settings = builder_settings(build, "cpu")
-        actors = [actor_cls.remote(settings) for _ in range(int(build.num_cpus or 1))]
-        ray.get([a.ready.remote() for a in actors])
-        seconds = time.perf_counter() - started
-        for actor in actors:
-            ray.kill(actor)
-    finally:
-        ray.shutdown()
-    return seconds
+def startup_seconds(timings: dict[str, float]) -> float:
+    """The build's fixed start-up: the driver's model check, Ray start and the actors loading
+    their models (all from the build's own timings)."""
+    return sum(timings.get(key, 0.0) for key in STARTUP_TIMINGS)
 
 
 def run_ours(build: BuildConfig) -> tuple[StageResult, dict[str, float], float]:
-    """The whole build in a fresh output folder; (result, build timings, Ray start-up s)."""
+    """The whole build in a fresh output folder; (result, build timings, start-up s)."""
     from curation.runner import format_summary, run_build
 
     output = Path(build.output)
     if output.exists():
         shutil.rmtree(output)
-    startup = measure_ray_startup(build)
     started = time.perf_counter()
     summary = run_build(build)
     seconds = time.perf_counter() - started
     if not summary.ok:
         raise RuntimeError("the build failed:\n" + format_summary(summary))
+    startup = startup_seconds(summary.timings)
     clips = manifests.read_frame(build.manifests_dir, "clips")
     idents = manifests.read_frame(build.manifests_dir, "identities")
     analysed = clips[clips["stage"] == "analysis"]
@@ -275,7 +268,7 @@ def run_ours(build: BuildConfig) -> tuple[StageResult, dict[str, float], float]:
         f"ours, {build.num_cpus} worker{'s' if build.num_cpus != 1 else ''}", len(idents),
         len(analysed), int(analysed["frames_decoded"].fillna(0).sum()), seconds,
         int(idents["n_scored"].fillna(0).sum()),
-        f"{summary.counts['identities_kept']} kept; Ray start-up {startup:.1f} s incl.")
+        f"{summary.counts['identities_kept']} kept; start-up {startup:.1f} s incl.")
     return result, summary.timings, startup
 
 
@@ -436,7 +429,7 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
         stages.append(ours[n][0])
     excl = {n: dataclasses.replace(r, name=f"{r.name}, excl. start-up",
                                    seconds=r.seconds - startup,
-                                   note=f"Ray start-up {startup:.1f} s excluded")
+                                   note=f"start-up {startup:.1f} s excluded")
             for n, (r, _, startup) in ours.items()}
     stages.extend(excl[n] for n in sorted(excl))
     naive_sets: dict[str, SelectedSet] = {}
@@ -458,7 +451,7 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
         "ours_fps": one.frames_per_s,
         "ours_ids_per_min": one.identities_per_min,
         "ours_qcalls_per_id": one.quality_calls_per_identity,
-        "ray_startup_s": ours[min(ours)][2],
+        "startup_s": ours[min(ours)][2],
         "ours_over_floor": one.seconds_per_identity / floor.seconds_per_identity,
         "ours_over_floor_incl_startup": (ours[min(ours)][0].seconds_per_identity
                                          / floor.seconds_per_identity),
@@ -484,7 +477,9 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
     if naive is not None:
         print()
         print(f"Selected sets, ours ({min(ours)} worker build) vs naive, quality model "
-              f"{quality[0]} (higher = better), pose spread in degrees:")
+              f"{quality[0]} (higher = better"
+              f"{'; STAND-IN weights, scores mean nothing' if config.topiq_stand_in else ''}), "
+              "pose spread in degrees:")
         table, sel = selection_table(ours_selected_sets(builds[min(builds)].manifests_dir),
                                      naive_sets)
         print(table)
@@ -499,7 +494,7 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
                            quality_naive=sel["naive_mean_quality"])
     print()
     print(verdict("naive/ours", figures["naive_over_ours"], TARGET_NAIVE_OVER_OURS, True))
-    print(verdict("ours/floor (excl. Ray start-up)", figures["ours_over_floor"],
+    print(verdict("ours/floor (excl. start-up)", figures["ours_over_floor"],
                   TARGET_OURS_OVER_FLOOR, False))
     print(verdict("2 workers / 1 worker (excl. start-up)", figures["scaling_2_vs_1"],
                   TARGET_SCALING, True))
@@ -529,6 +524,9 @@ def parse_cli(argv: list[str] | None = None) -> CurationBenchConfig:
                    choices=("auto", "piqe", "topiq_nr-face"),
                    help="auto: TOPIQ-face where its weights are present, else piqe")
     p.add_argument("--quality-weights", default=None, help="TOPIQ-face weights file")
+    p.add_argument("--topiq-stand-in", action="store_true",
+                   help="TOPIQ-face with random-init stand-in weights (the real model's compute; "
+                        "its scores mean nothing): for timing where the weights are absent")
     p.add_argument("--seed", type=int, default=d.seed, help="demo corpus seed")
     p.add_argument("--limit", type=int, default=None, help="first N identities only")
     ns = p.parse_args(argv)
@@ -536,8 +534,8 @@ def parse_cli(argv: list[str] | None = None) -> CurationBenchConfig:
     if not workers or min(workers) < 1:
         p.error("--workers needs positive integers, e.g. 1,2")
     return CurationBenchConfig(ns.identities, ns.workdir, ns.naive_identities, ns.skip_naive,
-                               ns.quick, workers, ns.quality_model, ns.quality_weights, ns.seed,
-                               ns.limit)
+                               ns.quick, workers, ns.quality_model, ns.quality_weights,
+                               ns.topiq_stand_in, ns.seed, ns.limit)
 
 
 if __name__ == "__main__":
