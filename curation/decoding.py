@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from curation.records import Reason
 
@@ -37,6 +38,17 @@ class DecodeError(Exception):
         self.reason = reason
         self.message = message
 
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as an H x W x 3 uint8 RGB array.
+
+    Read with Pillow, not cv2: decord loads its bundled zlib 1.2.3 into the process's global
+    symbol scope, and cv2's libpng then binds to it and fails on every PNG ("bad parameters to
+    zlib") whenever decord was imported first. Pillow carries its own zlib and is unaffected.
+    """
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -126,10 +138,11 @@ class FrameFolderSource(FrameSource):
 
     @staticmethod
     def _load(file: Path) -> np.ndarray:
-        image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if image is None:
-            raise DecodeError(Reason.VIDEO_DECODE_ERROR, f"cannot read frame image {file}")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        try:
+            return read_image_rgb(file)
+        except (OSError, ValueError) as exc:
+            raise DecodeError(Reason.VIDEO_DECODE_ERROR,
+                              f"cannot read frame image {file}: {exc}") from exc
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         frames = [self._load(self._files[i]) for i in indices]

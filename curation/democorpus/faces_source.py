@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from curation.decoding import read_image_rgb
+
 # Five FaceMesh points in image order: eye at image-left, eye at image-right, nose tip,
 # mouth corner at image-left, mouth corner at image-right (eyes: mean of the two corners).
 _MESH_EYE_IMAGE_LEFT = (33, 133)
@@ -83,10 +85,11 @@ def load_photos() -> list[Photo]:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise SourceFaceError(f"cannot read the sample photo {path}; reinstall its package")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    try:
+        return read_image_rgb(path)
+    except OSError as exc:
+        raise SourceFaceError(f"cannot read the sample photo {path} ({exc}); reinstall its "
+                              "package") from exc
 
 
 def find_source_faces(photos: list[Photo]) -> list[SourceFace]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from curation.democorpus.faces_source import Plate
 
@@ -287,7 +288,9 @@ class PngDirWriter:
         self._index = 0
 
     def write(self, rgb: np.ndarray) -> None:
-        cv2.imwrite(str(self._dir / f"{self._index:08d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        # Pillow, not cv2.imwrite: cv2's PNG path breaks once decord is loaded (see
+        # curation.decoding.read_image_rgb).
+        Image.fromarray(rgb).save(self._dir / f"{self._index:08d}.png", format="PNG")
         self._index += 1
 
     def close(self) -> None:
