@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-actor", type=float, default=None, metavar="G",
                      help="GPU share per actor when the cluster has GPUs (default: GPUs/actors)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="no progress bar on stderr")
+                     help="hide the progress bar (shown on stderr unless this flag is given; "
+                          "progress=%(default)s)")
     return p
 
 
