@@ -86,3 +86,18 @@ def test_eval_stream_is_one_deterministic_pass(shards):
     assert first[0]["inputs"].shape[1] == 5
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a["inputs"], b["inputs"]) and torch.equal(a["targets"], b["targets"])
+
+
+def test_eval_target_is_unseen_and_inputs_are_nested_over_k(shards):
+    urls = brace_pattern(shards)
+    by_k = {k: [b for b in EvalStream(urls, small_config(), 8, n_in=k)] for k in (1, 3, 7)}
+    for k, batches in by_k.items():
+        (batch,) = batches
+        assert batch["targets"].shape[1] == 1 and batch["inputs"].shape[1] == k
+        for inputs, target in zip(batch["inputs"], batch["targets"][:, 0], strict=True):
+            assert not any(torch.equal(view, target) for view in inputs), "target is an input"
+    # the same target for every k, and the inputs for k=1 and k=3 among those for k=7
+    assert torch.equal(by_k[1][0]["targets"], by_k[7][0]["targets"])
+    for small in (1, 3):
+        for inputs, bigger in zip(by_k[small][0]["inputs"], by_k[7][0]["inputs"], strict=True):
+            assert all(any(torch.equal(v, w) for w in bigger) for v in inputs)

@@ -132,6 +132,27 @@ def few_to_many(identity: Identity, n_in: int, n_tgt: int,
     }
 
 
+def unseen_view(identity: Identity, n_in: int, rng: random.Random) -> dict[str, np.ndarray]:
+    """Evaluation example: n_in inputs and one target view that is never among them.
+
+    The views are put in one random order per identity (`rng` must depend on the identity only,
+    not on n_in): inputs are the first n_in views, the target is the last. So the inputs for a
+    smaller n_in are a subset of those for a larger one, and every n_in is scored on the same
+    unseen view - the error curve over n_in measures what more inputs add, not a change of
+    targets, and the encoder can never be scored on copying an input.
+    """
+    order = list(range(len(identity.images)))
+    rng.shuffle(order)
+    if n_in >= len(order):
+        raise ValueError(f"{len(order)} views leave no unseen target for {n_in} inputs")
+    target = order[-1]
+    return {
+        "inputs": np.stack([identity.images[i] for i in order[:n_in]]),
+        "targets": identity.images[target][None],
+        "masks": identity.masks[target][None],
+    }
+
+
 def collate(examples: list[dict]) -> dict:
     batch = {k: torch.from_numpy(np.stack([e[k] for e in examples]))
              for k in ("inputs", "targets", "masks")}
@@ -241,7 +262,8 @@ class IdentityStream(IterableDataset):
 
 
 class EvalStream(IterableDataset):
-    """One deterministic pass over test shards (not resampled, not shuffled)."""
+    """One deterministic pass over test shards (not resampled, not shuffled), yielding
+    `unseen_view` examples: n_in inputs and one target view that is not an input."""
 
     def __init__(self, urls: str | list[str], config: DataConfig, batch_size: int,
                  n_in: int | None = None, max_samples: int | None = None, seed: int = 0):
@@ -268,14 +290,14 @@ class EvalStream(IterableDataset):
             if self.max_samples is not None and count >= self.max_samples:
                 break
             identity = decode_identity(sample, self.config.image_size, stats)
-            if identity is None or len(identity.images) < self.n_in:
+            if identity is None or len(identity.images) <= self.n_in:
                 if identity is not None:
                     stats.samples_skipped += 1
                 continue
             stats.samples_ok += 1
             count += 1
             rng = random.Random(stable_seed("eval", self.seed, identity.key))
-            example = few_to_many(identity, self.n_in, self.config.n_tgt, rng)
+            example = unseen_view(identity, self.n_in, rng)
             example.update(key=identity.key, url=identity.url, stream=0, position=count,
                            stats=stats)
             pending.append(example)

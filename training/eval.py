@@ -1,7 +1,9 @@
 """Held-out evaluation: `python -m training.eval --checkpoint C --shards URLS`.
 
 For each number of input images (default 1, 3, 5, 7) one deterministic pass over the test shards
-reports the stage's reconstruction error: the MTD's masked loss inside the face mask (fixed
+reports the stage's reconstruction error of a view that is not among the inputs (per identity:
+one fixed order of its views, inputs = the first k, target = the last, so every k is scored on
+the same unseen view): the MTD's masked loss inside the face mask (fixed
 masks), or for a flow checkpoint the flow-matching loss at fixed noise and timesteps plus the L1
 error, inside the face mask, of faces regenerated from their half-noised targets. With
 `--arcface w600k_r50.onnx` it adds the ArcFace cosine similarity between regenerated and real
