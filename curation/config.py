@@ -27,8 +27,23 @@ RUNTIME_FIELDS = frozenset(
 )
 
 
+class BuildFolders:
+    """The two folders of a build named by `output`: OUTPUT/shards and OUTPUT/manifests, or
+    ./shards and ./manifests when `output` is empty (shared by the build, verify and takedown)."""
+
+    output: str | None
+
+    @property
+    def shards_dir(self) -> Path:
+        return Path(self.output) / "shards" if self.output else Path("shards")
+
+    @property
+    def manifests_dir(self) -> Path:
+        return Path(self.output) / "manifests" if self.output else Path("manifests")
+
+
 @dataclass
-class BuildConfig:
+class BuildConfig(BuildFolders):
     """All settings of one MFHQ build (see `build_parser` for the meaning of each)."""
 
     sources: list[tuple[str, str]] = field(default_factory=list)   # (kind, directory)
@@ -59,14 +74,6 @@ class BuildConfig:
     gpus_per_actor: float | None = None
     overwrite: bool = False
     progress: bool = True
-
-    @property
-    def shards_dir(self) -> Path:
-        return Path(self.output) / "shards" if self.output else Path("shards")
-
-    @property
-    def manifests_dir(self) -> Path:
-        return Path(self.output) / "manifests" if self.output else Path("manifests")
 
     def validate(self) -> None:
         """Raise ValueError with a user-facing message for settings that cannot work."""

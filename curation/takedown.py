@@ -37,6 +37,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.config import BuildFolders
+
 TAKEDOWNS_FILE = "takedowns.parquet"
 META_SALT = b"mfhq.takedown_salt"
 DEFAULT_REASON = "takedown request"
@@ -171,18 +173,10 @@ def without_recorded(plan, manifests_dir: Path | str):
 # --- removing ids from a finished build --------------------------------------------------------
 
 @dataclass
-class TakedownConfig:
+class TakedownConfig(BuildFolders):
     file: str
     output: str | None = None
     reason: str = DEFAULT_REASON
-
-    @property
-    def shards_dir(self) -> Path:
-        return Path(self.output) / "shards" if self.output else Path("shards")
-
-    @property
-    def manifests_dir(self) -> Path:
-        return Path(self.output) / "manifests" if self.output else Path("manifests")
 
 
 @dataclass

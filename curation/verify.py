@@ -31,24 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curation.config import BuildFolders
+
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_NO_BUILD = 0, 1, 2
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _FLOAT_TOLERANCE = 1e-3    # sample JSON floats are rounded to 4 digits
 
 
 @dataclass
-class VerifyConfig:
+class VerifyConfig(BuildFolders):
     output: str | None = None      # build folder holding shards/ and manifests/ (default: .)
     images: bool = True            # decode every crop and mask
     progress: bool = True
-
-    @property
-    def shards_dir(self) -> Path:
-        return Path(self.output) / "shards" if self.output else Path("shards")
-
-    @property
-    def manifests_dir(self) -> Path:
-        return Path(self.output) / "manifests" if self.output else Path("manifests")
 
 
 class Problems:
