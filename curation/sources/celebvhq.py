@@ -13,11 +13,9 @@ from typing import Any
 
 from curation.records import ClipRecord
 from curation.sources.common import (
-    UNREADABLE_ERRORS,
     EntryProblem,
-    EntryTable,
     FileIndex,
-    load_json,
+    collect_json_entries,
     mapping,
     missing_video,
     nonempty_str,
@@ -26,7 +24,6 @@ from curation.sources.common import (
     seconds_range,
     sorted_entries,
     tblr_box,
-    unreadable_metadata,
 )
 
 SOURCE = "celebvhq"
@@ -35,31 +32,18 @@ METADATA_NAME = "celebvhq_info.json"
 
 
 def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
-    table = EntryTable()
-    problems: list[ClipRecord] = []
-    paths = index.all_files(METADATA_NAME)
-    if not paths:
-        problems.append(unreadable_metadata(SOURCE, index.root, METADATA_NAME,
-                                            "no celebvhq_info.json under the source root",
-                                            LICENSE))
-    for path in paths:
-        where = index.relpath(path)
-        try:
-            data = load_json(path)
-        except UNREADABLE_ERRORS as error:
-            problems.append(unreadable_metadata(SOURCE, where, METADATA_NAME, error, LICENSE))
-            continue
-        clips = data.get("clips") if isinstance(data, dict) else None
-        if not isinstance(clips, dict):
-            problems.append(unreadable_metadata(
-                SOURCE, where, METADATA_NAME, 'expected {"clips": {clip_key: {...}}}', LICENSE))
-            continue
-        for key, entry in clips.items():
-            table.add(key, entry, where)
+    table, problems = collect_json_entries(index, SOURCE, METADATA_NAME, LICENSE, _clip_map,
+                                           '{"clips": {clip_key: {...}}}')
     yield from problems
     yield from table.conflict_records(SOURCE, LICENSE)
-    for clip_id, key, (entry, _where) in sorted_entries(table.entries.items()):
+    entries = ((key, entry) for key, ((_, entry), _where) in table.entries.items())
+    for clip_id, key, entry in sorted_entries(entries):
         yield run_entry(SOURCE, key, LICENSE, _clip_record, index, clip_id, key, entry)
+
+
+def _clip_map(data: Any) -> dict | None:
+    clips = data.get("clips") if isinstance(data, dict) else None
+    return clips if isinstance(clips, dict) else None
 
 
 def _clip_record(index: FileIndex, clip_id: str, key: str, entry: Any) -> ClipRecord:

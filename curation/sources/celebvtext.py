@@ -23,10 +23,9 @@ from curation.records import ClipRecord
 from curation.sources.common import (
     UNREADABLE_ERRORS,
     EntryProblem,
-    EntryTable,
     FileIndex,
+    collect_json_entries,
     invalid,
-    load_json,
     mapping,
     missing_video,
     nonempty_str,
@@ -38,7 +37,6 @@ from curation.sources.common import (
     seconds_range,
     sorted_entries,
     tblr_box,
-    unreadable_metadata,
 )
 
 SOURCE = "celebvtext"
@@ -48,28 +46,9 @@ MAX_TEXT_BYTES = 256 * 1024
 
 
 def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
-    table = EntryTable()
-    problems: list[ClipRecord] = []
-    paths = index.all_files(METADATA_NAME)
-    if not paths:
-        problems.append(unreadable_metadata(SOURCE, index.root, METADATA_NAME,
-                                            "no celebvtext_info.json under the source root",
-                                            LICENSE))
-    for path in paths:
-        where = index.relpath(path)
-        try:
-            data = load_json(path)
-        except UNREADABLE_ERRORS as error:
-            problems.append(unreadable_metadata(SOURCE, where, METADATA_NAME, error, LICENSE))
-            continue
-        clips = _clip_map(data)
-        if clips is None:
-            problems.append(unreadable_metadata(
-                SOURCE, where, METADATA_NAME,
-                'expected {"<clip>.mp4": {...}} (v0.11) or {"clips": {...}}', LICENSE))
-            continue
-        for key, entry in clips.items():
-            table.add(clip_name(key), (key, entry), where)
+    table, problems = collect_json_entries(
+        index, SOURCE, METADATA_NAME, LICENSE, _clip_map,
+        '{"<clip>.mp4": {...}} (v0.11) or {"clips": {...}}', table_key=clip_name)
     yield from problems
     yield from table.conflict_records(SOURCE, LICENSE)
     # the table is keyed by clip name (shapes differ in the ".mp4"); records keep the key

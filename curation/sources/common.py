@@ -12,7 +12,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -356,6 +356,40 @@ UNREADABLE_ERRORS = (OSError, UnicodeDecodeError, ValueError, RecursionError)
 def load_json(path: str) -> Any:
     """Parse a JSON metadata file; raises one of UNREADABLE_ERRORS when it cannot be read."""
     return json.loads(read_text(path))
+
+
+def collect_json_entries(index: FileIndex, source: str, metadata_name: str, license_: str,
+                         clip_map: Callable[[Any], dict | None], expected_shape: str,
+                         table_key: Callable[[str], str] = lambda key: key,
+                         ) -> tuple[EntryTable, list[ClipRecord]]:
+    """Every `metadata_name` under the root, read into one table of (key, entry) payloads.
+
+    `clip_map` takes the parsed JSON and returns the {key: entry} mapping of its clips, or None
+    when the file has another shape; `table_key` says which keys name the same clip. A missing,
+    unreadable or wrongly shaped file becomes one record in the returned list.
+    """
+    table = EntryTable()
+    problems: list[ClipRecord] = []
+    paths = index.all_files(metadata_name)
+    if not paths:
+        problems.append(unreadable_metadata(source, index.root, metadata_name,
+                                            f"no {metadata_name} under the source root",
+                                            license_))
+    for path in paths:
+        where = index.relpath(path)
+        try:
+            data = load_json(path)
+        except UNREADABLE_ERRORS as error:
+            problems.append(unreadable_metadata(source, where, metadata_name, error, license_))
+            continue
+        clips = clip_map(data)
+        if clips is None:
+            problems.append(unreadable_metadata(source, where, metadata_name,
+                                                f"expected {expected_shape}", license_))
+            continue
+        for key, entry in clips.items():
+            table.add(table_key(key), (key, entry), where)
+    return table, problems
 
 
 def tblr_box(value: Any) -> Box:
