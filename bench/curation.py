@@ -125,7 +125,7 @@ def ensure_corpus(corpus: Path, identities: int, seed: int) -> dict:
     if summary_file.exists():
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
         if (summary.get("seed") == seed and not summary.get("with_bad_inputs")
-                and len(summary.get("identities", [])) >= identities):
+                and (not identities or len(summary.get("identities", [])) == identities)):
             return summary
     print(f"[bench] generating a {identities or 'real-faces-only'}-identity corpus in {corpus} "
           "(minutes) ...", flush=True)
