@@ -3,6 +3,8 @@
     python bench/curation.py                          # 24 identities, naive on 6 of them
     python bench/curation.py --identities 48 --naive-identities 8
     python bench/curation.py --quick                  # tiny smoke run (3 identities)
+    python bench/curation.py --clip-seconds 12 --sample-fps 2   # real clip lengths, the
+                                                      # build's default sampling
 
 On a generated corpus (the demo corpus generator at `--identities N`, reused when already there)
 it measures, on the same plan and with the demo's build settings (mediapipe detector, 256 px
@@ -19,6 +21,11 @@ crops, 6 sampled frames/s; PIQE, or TOPIQ-face where its weights are present):
           alignment), score quality on every candidate, then select with the same pose clusters
           and choice rule. Slow, so it runs on an evenly spread subset of the identities and its
           rates are per identity.
+
+--clip-seconds S generates the corpus with S-second clips instead of the demo's 3.52 s (real
+datasets: CelebV-HQ 3-20 s, VFHQ often 10 s and more, TalkingHead-1KH tubes up to a minute) and
+--sample-fps F builds with F sampled frames/s instead of the demo's 6 (the build's default is 2):
+a second configuration, closer to real data, reported beside the demo-settings one.
 
 Prints a table, the per-identity comparison of selected-set quality (same quality model) and pose
 spread for ours vs naive, then one final line of figures. Timings on a shared machine are noisy:
@@ -48,12 +55,14 @@ from curation import manifests  # noqa: E402
 from curation.analysis import AnalysisConfig  # noqa: E402
 from curation.config import BuildConfig, parse_args  # noqa: E402
 from curation.demo import DEMO_BUILD_FLAGS, SOURCE_KINDS  # noqa: E402
+from curation.democorpus.plan import CLIP_FRAMES, FPS  # noqa: E402
 from curation.planning import IdentityPlan, build_plan  # noqa: E402
 
 TARGET_NAIVE_OVER_OURS = 10.0
 TARGET_OURS_OVER_FLOOR = 2.0
 TARGET_SCALING = 1.7
 QUALITY_TOLERANCE = 0.05   # "same" selected quality: within 5 % of naive's mean
+DEMO_SAMPLE_FPS = float(DEMO_BUILD_FLAGS[DEMO_BUILD_FLAGS.index("--sample-fps") + 1])
 
 
 @dataclass
@@ -70,6 +79,8 @@ class CurationBenchConfig:
     floor_twice: bool = True         # floor before and after the builds, the faster one counts
     seed: int = 0
     limit: int | None = None         # only the first N identities of the plan (smoke runs)
+    clip_seconds: float | None = None  # corpus clip length; None = the demo's 3.52 s
+    sample_fps: float = DEMO_SAMPLE_FPS  # the build's sampled frames/s; the demo's 6 by default
 
 
 @dataclass
@@ -114,22 +125,33 @@ class SelectedSet:
 
 # --- corpus and build settings ---------------------------------------------------------------
 
-def ensure_corpus(corpus: Path, identities: int, seed: int) -> dict:
-    """The demo corpus with `identities` identities (reused when one with these settings is
-    there; 0 = the real faces only)."""
+def corpus_dir(workdir: Path, identities: int, clip_seconds: float | None) -> Path:
+    """Where the corpus of these settings lives (one folder per identity count and clip
+    length; the demo's clip length keeps its old name)."""
+    name = f"corpus-{identities}" if identities else "corpus-real"
+    return workdir / (name + (f"-clip{clip_seconds:g}s" if clip_seconds is not None else ""))
+
+
+def ensure_corpus(corpus: Path, identities: int, seed: int,
+                  clip_seconds: float | None = None) -> dict:
+    """The demo corpus with `identities` identities and `clip_seconds` clips (reused when one
+    with these settings is there; 0 = the real faces only; None = the demo's 3.52 s)."""
     import json
 
     from curation.democorpus import build_demo_corpus
 
+    clip_frames = CLIP_FRAMES if clip_seconds is None else int(round(clip_seconds * FPS))
     summary_file = corpus / "corpus.json"
     if summary_file.exists():
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
         if (summary.get("seed") == seed and not summary.get("with_bad_inputs")
+                and summary.get("clip_frames", CLIP_FRAMES) == clip_frames
                 and (not identities or len(summary.get("identities", [])) == identities)):
             return summary
-    print(f"[bench] generating a {identities or 'real-faces-only'}-identity corpus in {corpus} "
-          "(minutes) ...", flush=True)
-    return build_demo_corpus(corpus, seed=seed, total_identities=identities)
+    print(f"[bench] generating a {identities or 'real-faces-only'}-identity corpus of "
+          f"{clip_frames / FPS:.2f} s clips in {corpus} (minutes) ...", flush=True)
+    return build_demo_corpus(corpus, seed=seed, total_identities=identities,
+                             clip_seconds=clip_seconds)
 
 
 def resolve_quality_model(config: CurationBenchConfig) -> tuple[str, str | None]:
@@ -146,13 +168,17 @@ def resolve_quality_model(config: CurationBenchConfig) -> tuple[str, str | None]
 
 
 def build_args(corpus: Path, output: Path, workers: int, quality: tuple[str, str | None],
-               limit: int | None) -> list[str]:
-    """The build command line: the demo build's settings on the benchmark corpus."""
+               limit: int | None, sample_fps: float = DEMO_SAMPLE_FPS) -> list[str]:
+    """The build command line: the demo build's settings on the benchmark corpus (sampled
+    frames/s replaced by `sample_fps` when it is not the demo's)."""
+    flags = list(DEMO_BUILD_FLAGS)
+    if sample_fps != DEMO_SAMPLE_FPS:
+        flags[flags.index("--sample-fps") + 1] = f"{sample_fps:g}"
     args = []
     for kind in SOURCE_KINDS:
         if (corpus / kind).is_dir():
             args += ["--source", f"{kind}={corpus / kind}"]
-    args += ["--output", str(output), *DEMO_BUILD_FLAGS, "--quality-model", quality[0],
+    args += ["--output", str(output), *flags, "--quality-model", quality[0],
              "--num-cpus", str(workers), "--no-progress"]
     if quality[1]:
         args += ["--quality-weights", quality[1]]
@@ -441,11 +467,13 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
     if config.quick:
         config = dataclasses.replace(config, identities=0, naive_identities=1,
                                      limit=config.limit or 3)
-    corpus = workdir / (f"corpus-{config.identities}" if config.identities else "corpus-real")
-    ensure_corpus(corpus, config.identities, config.seed)
+    corpus = corpus_dir(workdir, config.identities, config.clip_seconds)
+    summary = ensure_corpus(corpus, config.identities, config.seed, config.clip_seconds)
+    clip_s = summary.get("clip_frames", CLIP_FRAMES) / FPS
     quality = resolve_quality_model(config)
     builds = {n: parse_args(build_args(corpus, workdir / f"build-{n}w", n, quality,
-                                       config.limit)) for n in config.workers}
+                                       config.limit, config.sample_fps))
+              for n in config.workers}
     reference = builds[min(builds)]
     plan = build_plan(reference.resolved_sources(), takedown_file=None,
                       test_fraction=reference.test_fraction,
@@ -453,10 +481,12 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
                       limit=reference.limit)
     identities = plan.identities
     print(f"[bench] {len(identities)} identities, {sum(len(i.clips) for i in identities)} clips "
-          f"from {corpus}; quality model {quality[0]}; CPUs here {os.cpu_count()}; load "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+          f"from {corpus} ({clip_s:.2f} s clips); quality model {quality[0]}; sampled "
+          f"{reference.sample_fps:g} frames/s (max {reference.max_frames_per_clip}/clip); CPUs "
+          f"here {os.cpu_count()}; load {os.getloadavg()[0]:.1f}", flush=True)
     print("[bench] build: python curation/build_mfhq.py "
-          + " ".join(build_args(corpus, workdir / "build-Nw", 1, quality, config.limit)),
+          + " ".join(build_args(corpus, workdir / "build-Nw", 1, quality, config.limit,
+                                config.sample_fps)),
           flush=True)
 
     _set_threads(1)
@@ -512,6 +542,9 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
         "naive_over_ours": float("nan"),
         "scaling_2_vs_1": float("nan"),
     }
+    if config.clip_seconds is not None or config.sample_fps != DEMO_SAMPLE_FPS:
+        # the configuration goes on the figures line only when it is not the demo's
+        figures.update(clip_s=clip_s, sample_fps=reference.sample_fps)
     if 1 in excl and 2 in excl:
         figures["scaling_2_vs_1"] = excl[1].seconds / excl[2].seconds
         figures["scaling_2_vs_1_incl_startup"] = ours[1][0].seconds / ours[2][0].seconds
@@ -525,8 +558,9 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
                        naive_over_floor=naive.seconds_per_identity / floor.seconds_per_identity)
 
     print()
-    print(f"Curation throughput, {len(identities)} identities, quality model {quality[0]}, "
-          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(f"Curation throughput, {len(identities)} identities ({clip_s:.2f} s clips), quality "
+          f"model {quality[0]}, {reference.sample_fps:g} sampled frames/s, {os.cpu_count()} "
+          f"CPUs, load {os.getloadavg()[0]:.1f}")
     print(stage_table(stages))
     for n, (_, timings, _) in sorted(ours.items()):
         print(f"build timings, {n} worker(s): "
@@ -599,13 +633,22 @@ def parse_cli(argv: list[str] | None = None) -> CurationBenchConfig:
                         "faster run counts, as the machine's load may drift)")
     p.add_argument("--seed", type=int, default=d.seed, help="demo corpus seed")
     p.add_argument("--limit", type=int, default=None, help="first N identities only")
+    p.add_argument("--clip-seconds", type=float, default=None, metavar="S",
+                   help="clip length of the generated corpus in seconds (default: the demo's "
+                        "3.52 s; real datasets have 3-60 s clips); its own corpus folder")
+    p.add_argument("--sample-fps", type=float, default=d.sample_fps, metavar="F",
+                   help=f"sampled frames/s of the build and the floor (default: the demo's "
+                        f"{d.sample_fps:g}; the build's own default is 2)")
     ns = p.parse_args(argv)
     workers = sorted({int(w) for w in ns.workers.split(",") if w.strip()})
     if not workers or min(workers) < 1:
         p.error("--workers needs positive integers, e.g. 1,2")
+    if ns.sample_fps <= 0:
+        p.error("--sample-fps must be > 0")
     return CurationBenchConfig(ns.identities, ns.workdir, ns.naive_identities, ns.skip_naive,
                                ns.quick, workers, ns.quality_model, ns.quality_weights,
-                               ns.topiq_stand_in, ns.floor_twice, ns.seed, ns.limit)
+                               ns.topiq_stand_in, ns.floor_twice, ns.seed, ns.limit,
+                               ns.clip_seconds, ns.sample_fps)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ motion, degraded, and laid out exactly like CelebV-HQ, CelebV-Text, VFHQ, Talkin
 plain folder source, with ground truth per frame and (optionally) a set of bad inputs.
 
     python -m curation.democorpus OUT [--seed N] [--with-bad-inputs] [--size PX] [--identities N]
+                                      [--clip-seconds S]
 
 The README demo, the tests of every stage and the benchmarks build on it.
 """

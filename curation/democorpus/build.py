@@ -13,12 +13,13 @@ from pathlib import Path
 
 from curation.democorpus import faces_source, layouts
 from curation.democorpus.bad_inputs import add_bad_inputs
-from curation.democorpus.plan import FPS, CorpusPlan, Identity
+from curation.democorpus.plan import CLIP_FRAMES, FPS, CorpusPlan, Identity
 from curation.democorpus.render import CONVENTIONS, Scene, render_scene
 
 CORPUS_VERSION = 1
 SOURCE_CYCLE = ("celebvhq", "vfhq", "talkinghead1kh", "celebvtext", "folder")
 MIN_IDENTITIES = 6
+MIN_CLIP_SECONDS = 1.0
 LAYOUT = {
     "celebvhq": "celebvhq/celebvhq_info.json; downloaded_celebvhq/processed/<clip_key>.mp4; "
                 "downloaded_celebvhq/raw/<ytb_id>.mp4",
@@ -37,18 +38,28 @@ LAYOUT = {
 
 def build_demo_corpus(out: Path, seed: int = 0, with_bad_inputs: bool = False,
                       frame_size: int = 512, extra_identities: int = 0,
-                      workers: int | None = None, total_identities: int = 0) -> dict:
+                      workers: int | None = None, total_identities: int = 0,
+                      clip_seconds: float | None = None) -> dict:
     """Write the demo corpus under `out` (replacing a previous corpus there) and return the
     summary that is also written to out/corpus.json.
 
     extra_identities adds that many variant identities (see make_identities);
     total_identities, when larger than the real faces plus extra_identities, adds more variants
-    until there are that many identities in all (the CLI's --identities)."""
+    until there are that many identities in all (the CLI's --identities).
+    clip_seconds sets the length of the good clips (default CLIP_FRAMES = 3.52 s; real datasets
+    have longer ones): their head motion repeats its sweeps over the whole clip, short clips
+    (the PNG-frames VFHQ clip, bad inputs) keep their lengths."""
     out = Path(out).resolve()
     if frame_size < 128 or frame_size % 16:
         raise ValueError(f"frame_size must be a multiple of 16 and >= 128, got {frame_size}")
+    clip_frames = CLIP_FRAMES
+    if clip_seconds is not None:
+        if not MIN_CLIP_SECONDS <= clip_seconds <= 600:
+            raise ValueError(f"clip_seconds must be in [{MIN_CLIP_SECONDS:g}, 600], "
+                             f"got {clip_seconds}")
+        clip_frames = int(round(clip_seconds * FPS))
     _clear(out)
-    plan = CorpusPlan(out, seed, frame_size)
+    plan = CorpusPlan(out, seed, frame_size, clip_frames)
     identities = make_identities(plan, extra_identities, total_identities)
     place_identities(plan, identities, with_bad_inputs)
     render_all(plan.scenes, workers)
@@ -204,11 +215,15 @@ def make_summary(plan: CorpusPlan, identities: list[Identity], with_bad: bool) -
         clips_by_identity[clip["identity"]] = clips_by_identity.get(clip["identity"], 0) + 1
     for entry in plan.identities:
         entry["clips"] = clips_by_identity.get(entry["name"], 0)
+    # clip_frames is recorded only when it is not the default (the default corpus.json bytes
+    # stay what they were)
+    clip_length = {} if plan.clip_frames == CLIP_FRAMES else {"clip_frames": plan.clip_frames}
     return {
         "corpus_version": CORPUS_VERSION,
         "seed": plan.seed,
         "frame_size": plan.size,
         "fps": FPS,
+        **clip_length,
         "with_bad_inputs": with_bad,
         "layout": LAYOUT,
         "groundtruth_conventions": CONVENTIONS,

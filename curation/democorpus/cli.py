@@ -17,6 +17,7 @@ class DemoCorpusConfig:
     size: int = 512
     identities: int = 0          # total wanted; 0 = the real faces only
     workers: int | None = None
+    clip_seconds: float | None = None     # None = the default 3.52 s
 
 
 def parse_args(argv: list[str] | None = None) -> DemoCorpusConfig:
@@ -36,9 +37,12 @@ def parse_args(argv: list[str] | None = None) -> DemoCorpusConfig:
                              "of them are added (mirrored, colour-shifted, re-cropped)")
     parser.add_argument("--workers", type=int, default=None,
                         help="render processes (default: min(2, CPU count))")
+    parser.add_argument("--clip-seconds", type=float, default=None, metavar="S",
+                        help="length of the good clips in seconds (default 3.52; real datasets "
+                             "have 3-60 s clips); head motion repeats its sweeps over the clip")
     args = parser.parse_args(argv)
     return DemoCorpusConfig(args.out, args.seed, args.with_bad_inputs, args.size,
-                            args.identities, args.workers)
+                            args.identities, args.workers, args.clip_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = build_demo_corpus(config.out, config.seed, config.with_bad_inputs, config.size,
                                     extra_identities=0, workers=config.workers,
-                                    total_identities=config.identities)
+                                    total_identities=config.identities,
+                                    clip_seconds=config.clip_seconds)
     except (SourceFaceError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

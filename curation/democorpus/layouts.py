@@ -7,7 +7,6 @@ scenes to render, the metadata entries and the corpus.json records of one identi
 from __future__ import annotations
 
 from curation.democorpus.plan import (
-    CLIP_FRAMES,
     FACE_FRACTION,
     FPS,
     CorpusPlan,
@@ -35,15 +34,16 @@ def two_shot_raw_scene(plan: CorpusPlan, identity: Identity, label: str, lead: i
     width, height = raw_canvas(plan)
     x = even(plan.number("rx:" + label, 0, width - plan.size + 1))
     y = even(plan.number("ry:" + label, 0, height - plan.size + 1))
-    starts = [lead, lead + CLIP_FRAMES + gap]
-    return (plan.number("scene:" + label, 0, 2**31), starts[1] + CLIP_FRAMES + tail,
+    starts = [lead, lead + plan.clip_frames + gap]
+    return (plan.number("scene:" + label, 0, 2**31), starts[1] + plan.clip_frames + tail,
             (x, y, plan.size, plan.size), starts)
 
 
 def raw_actor(plan: CorpusPlan, identity: Identity, seed: int, region, starts) -> Actor:
     x, y, s, _ = region
     profiles = plan.clip_profiles(identity)
-    segments = tuple(Segment(start, CLIP_FRAMES, profile, seed + k)
+    segments = tuple(Segment(start, plan.clip_frames, profile, seed + k,
+                             plan.motion_cycles(plan.clip_frames))
                      for k, (start, profile) in enumerate(zip(starts, profiles, strict=True)))
     return Actor(identity.plate, (x + s / 2, y + s * 0.47), FACE_FRACTION * s, segments)
 
@@ -92,7 +92,8 @@ def add_celebvhq(plan: CorpusPlan, identity: Identity, with_raw: bool) -> str:
                                    clip_header("celebvhq", key, identity, ytb_id=ytb_id))
             start = plan.number("t0:" + key, 500, 9000) / 100
             region = (even(0.2 * width), even(0.1 * height), plan.size, plan.size)
-            plan.celebvhq[key] = celebvhq_entry(plan, ytb_id, start, start + CLIP_FRAMES / FPS,
+            end = start + plan.clip_frames / FPS
+            plan.celebvhq[key] = celebvhq_entry(plan, ytb_id, start, end,
                                                 celebvhq_bbox(region, width, height), key)
             plan.add_clip(identity, out, source_video_id=ytb_id, served_by="processed",
                           identity_key=f"yt:{ytb_id}")
@@ -110,21 +111,22 @@ def _celebvhq_raw_pair(plan, identity, ytb_id, processed) -> None:
     for k, start in enumerate(starts):
         key = f"{ytb_id}_{k}"
         video = plan.path(*processed, key + ".mp4") if k == 0 else None
-        outputs.append(Output(video or "", "mp4" if video else "none", start, CLIP_FRAMES,
-                              region, plan.groundtruth_path("celebvhq", key),
+        outputs.append(Output(video or "", "mp4" if video else "none", start,
+                              plan.clip_frames, region, plan.groundtruth_path("celebvhq", key),
                               clip_header("celebvhq", key, identity, ytb_id=ytb_id,
                                           raw_first_frame=start)))
         plan.celebvhq[key] = celebvhq_entry(plan, ytb_id, start / FPS,
-                                            (start + CLIP_FRAMES) / FPS,
+                                            (start + plan.clip_frames) / FPS,
                                             celebvhq_bbox(region, width, height), key)
         plan.add_clip(identity, outputs[-1], source_video_id=ytb_id,
                       served_by="processed" if video else "raw",
                       raw_video=plan.rel(raw_path), identity_key=f"yt:{ytb_id}",
                       raw_start_sec=round(start / FPS, 2),
-                      raw_end_sec=round((start + CLIP_FRAMES) / FPS, 2),
+                      raw_end_sec=round((start + plan.clip_frames) / FPS, 2),
                       raw_region_xywh=list(region))
     actor = raw_actor(plan, identity, seed, region, starts)
-    occlusions = tuple(plan.occlusion(f"{label}:{k}", s, CLIP_FRAMES) for k, s in enumerate(starts))
+    occlusions = tuple(plan.occlusion(f"{label}:{k}", s, plan.clip_frames)
+                       for k, s in enumerate(starts))
     plan.scenes.append(Scene(width, height, n_frames, FPS, seed, (actor,), tuple(outputs),
                              occlusions=occlusions))
 
@@ -138,7 +140,7 @@ def celebvtext_entry(plan: CorpusPlan, meta_video_name: str, ytb_id: str, label:
     top = round(float(rng.uniform(0.0, 0.1)), 4)
     return {"meta_video_names": meta_video_name, "ytb_id": ytb_id,
             "duration": {"start_sec": round(start, 2),
-                         "end_sec": round(start + CLIP_FRAMES / FPS, 2)},
+                         "end_sec": round(start + plan.clip_frames / FPS, 2)},
             "bbox": {"top": top, "bottom": round(top + 0.8, 4), "left": left,
                      "right": round(left + 0.45, 4)},
             "version": "v0.11"}
@@ -192,7 +194,7 @@ def add_vfhq(plan: CorpusPlan, identity: Identity, as_frames: bool,
     outputs = []
     for k in range(clips):
         frames_folder = as_frames and k == 1
-        count = FRAMES_FOLDER_FRAMES if frames_folder else CLIP_FRAMES
+        count = FRAMES_FOLDER_FRAMES if frames_folder else plan.clip_frames
         start = plan.number(f"f0:{video_id}:{k}", 100, 20000)
         name = f"Clip+{video_id}+P0+C{k}+F{start}-{start + count + 1}"
         video = (plan.path("vfhq", "frames", name) if frames_folder
@@ -239,7 +241,7 @@ def add_talkinghead(plan: CorpusPlan, identity: Identity, with_raw: bool, split:
         video_name = f"{ytid}_{plan.number('chunk:' + ytid, 1, 9):04d}"
         for k, profile in enumerate(plan.clip_profiles(identity)):
             s = plan.number(f"s:{ytid}:{k}", 0, 1200) + k * 200
-            e = s + CLIP_FRAMES - 1
+            e = s + plan.clip_frames - 1
             left = even(plan.number(f"l:{ytid}:{k}", 0, width - plan.size))
             top = even(plan.number(f"t:{ytid}:{k}", 0, height - plan.size))
             box = (left, top, left + plan.size, top + plan.size)
@@ -266,12 +268,13 @@ def _talkinghead_raw_pair(plan, identity, ytid, split) -> None:
                       plan.groundtruth_path("talkinghead1kh", "raw/" + video_name),
                       clip_header("talkinghead1kh", "raw/" + video_name, identity, ytid=ytid))]
     for k, start in enumerate(starts):
-        end = start + CLIP_FRAMES - 1
+        end = start + plan.clip_frames - 1
         scale = 1 if k == 0 else 2           # tube 1: annotated at twice the chunk's size
         name = tube_clip_name(video_name, start, end, tuple(v * scale for v in box))
         cropped = plan.path("talkinghead1kh", "cropped_clips", name + ".mp4") if k == 0 else None
-        outputs.append(Output(cropped or "", "mp4" if cropped else "none", start, CLIP_FRAMES,
-                              region, plan.groundtruth_path("talkinghead1kh", name),
+        outputs.append(Output(cropped or "", "mp4" if cropped else "none", start,
+                              plan.clip_frames, region,
+                              plan.groundtruth_path("talkinghead1kh", name),
                               clip_header("talkinghead1kh", name, identity, ytid=ytid,
                                           raw_first_frame=start)))
         plan.th_tubes[split].append(tube_line(video_name, height * scale, width * scale,
@@ -281,7 +284,8 @@ def _talkinghead_raw_pair(plan, identity, ytid, split) -> None:
                       identity_key=f"yt:{ytid}", raw_start_frame=start, raw_end_frame=end,
                       raw_region_xywh=list(region), tube_annotation_scale=scale)
     actor = raw_actor(plan, identity, seed, region, starts)
-    occlusions = tuple(plan.occlusion(f"{label}:{k}", s, CLIP_FRAMES) for k, s in enumerate(starts))
+    occlusions = tuple(plan.occlusion(f"{label}:{k}", s, plan.clip_frames)
+                       for k, s in enumerate(starts))
     plan.scenes.append(Scene(width, height, n_frames, FPS, seed, (actor,), tuple(outputs),
                              occlusions=occlusions))
 

@@ -18,7 +18,7 @@ from curation.democorpus.render import Actor, Output, Scene, Segment
 from curation.records import safe_id
 
 FPS = 25
-CLIP_FRAMES = 88                 # 3.52 s at 25 fps
+CLIP_FRAMES = 88                 # 3.52 s at 25 fps: the default clip length
 FACE_FRACTION = 0.5              # face box width / frame size at scale 1
 OCCLUSION_FRAMES = 8
 CLIP_PROFILES = (("yaw_sweep", "pitch_roll"), ("mixed", "roll_sweep"))
@@ -44,6 +44,7 @@ class CorpusPlan:
     out: Path
     seed: int
     size: int
+    clip_frames: int = CLIP_FRAMES                           # frames of a good clip
     scenes: list[Scene] = field(default_factory=list)
     clips: list[dict] = field(default_factory=list)          # good clips, for corpus.json
     bad_inputs: list[dict] = field(default_factory=list)
@@ -84,18 +85,26 @@ class CorpusPlan:
     def clip_profiles(self, identity: Identity) -> tuple[str, str]:
         return CLIP_PROFILES[identity.index % len(CLIP_PROFILES)]
 
+    def motion_cycles(self, frames: int) -> float:
+        """Repeats of a motion profile over a segment of `frames`: 1 up to the default clip
+        length; a longer clip repeats the head sweeps at the default clip's speed instead of
+        stretching one sweep over it."""
+        return frames / CLIP_FRAMES if frames > CLIP_FRAMES else 1.0
+
     def occlusion(self, label: str, first: int, count: int) -> tuple[int, int]:
         start = first + self.number("occ:" + label, int(count * 0.3), int(count * 0.7))
         return (start, OCCLUSION_FRAMES)
 
     def single_clip(self, identity: Identity, label: str, profile: str, video_path: str | None,
-                    header: dict, kind: str = "mp4", frames: int = CLIP_FRAMES,
+                    header: dict, kind: str = "mp4", frames: int | None = None,
                     face_fraction: float = FACE_FRACTION) -> Output:
-        """A frame_size x frame_size clip of one identity; returns its output (for GT paths)."""
+        """A frame_size x frame_size clip of one identity (`frames` long, default the plan's
+        clip length); returns its output (for GT paths)."""
         s = self.size
+        frames = self.clip_frames if frames is None else frames
         seed = self.number("scene:" + label, 0, 2**31)
         actor = Actor(identity.plate, (s / 2, s * 0.47), face_fraction * s,
-                      (Segment(0, frames, profile, seed),))
+                      (Segment(0, frames, profile, seed, self.motion_cycles(frames)),))
         gt = self.groundtruth_path(header["source"], header["clip_id"])
         output = Output(video_path or "", kind if video_path else "none", 0, frames,
                         (0, 0, s, s), gt, header)

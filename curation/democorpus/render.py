@@ -65,6 +65,8 @@ class Segment:
     length: int
     profile: str
     seed: int
+    cycles: float = 1.0             # repeats of the profile's motion over the segment (longer
+                                    # clips repeat it to keep the demo's speed of head motion)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ def motion_at(segment: Segment | None, t: int, idle_seed: int) -> dict[str, floa
         local, length, seed = t - segment.start, segment.length, segment.seed
     phases = np.random.default_rng(seed).uniform(0, 2 * math.pi, size=6)
     u = local / max(1, length)
+    if segment is not None and segment.cycles != 1.0:
+        u *= segment.cycles
     values = {}
     for i, key in enumerate(("yaw", "pitch", "roll")):
         amplitude, cycles = profile[key]
