@@ -28,7 +28,14 @@ from curation.decoding import (
     resize_max_side,
     sample_indices,
 )
-from curation.detection import Box, Detection, face_size, make_detector, select_target
+from curation.detection import (
+    Box,
+    Detection,
+    ambiguous_target,
+    face_size,
+    make_detector,
+    select_target,
+)
 from curation.landmarks import FaceMeshLandmarker, face_oval_indices
 from curation.pose import head_pose
 from curation.records import ClipRecord, Reason
@@ -280,6 +287,12 @@ class FaceAnalyzer:
     def _keep_target_person(per_frame: list[list[Detection]],
                             faces: list[list[FaceCandidate]], hint: Box | None) -> None:
         chosen = select_target(per_frame, hint)
+        if hint is None and ambiguous_target(per_frame, chosen):
+            for frame_faces in faces:
+                for face in frame_faces:
+                    if face.status == CANDIDATE:
+                        face.reject(Reason.AMBIGUOUS_TARGET)
+            return
         for target, frame_faces in zip(chosen, faces, strict=True):
             for i, face in enumerate(frame_faces):
                 if i != target:

@@ -37,6 +37,7 @@ class Reason(StrEnum):
     # faces
     FACE_TOO_SMALL = "face_too_small"                # below --min-face-size
     NOT_TARGET_PERSON = "not_target_person"          # another person than the clip's own
+    AMBIGUOUS_TARGET = "ambiguous_target"            # no box hint and two similar-size people
     LANDMARKS_FAILED = "landmarks_failed"            # FaceMesh found no landmarks on the face
     NOT_SELECTED = "not_selected"                    # usable, but another face was chosen
     NOT_SCORED = "not_scored"                        # pre-ranking kept it from the quality model

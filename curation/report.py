@@ -38,7 +38,7 @@ from training.sample_format import IMAGES_PER_IDENTITY, JSON_EXT, image_ext
 
 # Faces rejected before pose clustering; every other face row is a usable candidate.
 REJECTED_FACE_REASONS = frozenset({Reason.FACE_TOO_SMALL.value, Reason.NOT_TARGET_PERSON.value,
-                                   Reason.LANDMARKS_FAILED.value})
+                                   Reason.AMBIGUOUS_TARGET.value, Reason.LANDMARKS_FAILED.value})
 UNASSIGNED = "unassigned"          # split of clips rejected before planning
 UNKNOWN = "unknown"                # a null source or reason
 THUMB_JPEG_QUALITY = 85

@@ -16,6 +16,7 @@ from PIL import Image
 
 from curation import manifests
 from curation.demo import run_demo_build
+from curation.records import safe_id
 from curation.runner import BuildRefused, format_summary, run_build
 from curation.shard_writer import file_sha256
 from training.sample_format import FORMAT_VERSION, image_ext, mask_ext
@@ -178,3 +179,38 @@ def test_a_different_config_into_the_same_output_is_refused(demo_build):
         run_build(config)
     assert {k: file_sha256(demo_build.shards_dir / k) for k in demo_build.shard_sha256} == \
         demo_build.shard_sha256
+
+
+def test_every_selected_face_is_the_clips_own_person(demo_build):
+    """Against the corpus's per-frame ground truth: each selected face lies on the target
+    person's face, never on a bystander's (two people under one identity would poison it)."""
+    faces = manifests.read_frame(demo_build.manifests_dir, "faces")
+    clips = manifests.read_frame(demo_build.manifests_dir, "clips")
+    original = {(r.source, r.clip_id): r.original_clip_id for r in clips.itertuples()
+                if not r.is_raw}
+    truth_file = {(c["source"], c["clip_id"]): c["groundtruth"] for c in demo_build.corpus["clips"]
+                  if c.get("groundtruth") and c.get("served_by", "processed") == "processed"}
+    for bad in demo_build.corpus["bad_inputs"]:
+        if bad.get("kind") == "two_people_clip":
+            truth_file.setdefault((bad["source"], bad["clip_id"]),
+                                  f"_groundtruth/{bad['source']}/{safe_id(bad['clip_id'])}.json")
+    selected = faces[faces["selected"]]
+    checked = 0
+    truths: dict[str, dict] = {}
+    for face in selected.itertuples():
+        key = (face.source, original.get((face.source, face.clip_id)))
+        if key not in truth_file:
+            continue
+        path = demo_build.paths.corpus / truth_file[key]
+        if not path.exists():
+            continue
+        truth = truths.setdefault(str(path), json.loads(path.read_text(encoding="utf-8")))
+        frame = truth["frames"][int(face.frame_index)]
+        x0, y0, x1, y1 = frame["face_box"]
+        margin = 0.15 * (x1 - x0)
+        cx, cy = (face.bbox[0] + face.bbox[2]) / 2, (face.bbox[1] + face.bbox[3]) / 2
+        assert x0 - margin <= cx <= x1 + margin and y0 - margin <= cy <= y1 + margin, (
+            f"{face.identity_id}: selected face of {face.clip_id} frame {face.frame_index} at "
+            f"({cx:.0f}, {cy:.0f}) is not the clip's person (truth box {frame['face_box']})")
+        checked += 1
+    assert checked >= 0.6 * len(selected), f"only {checked} of {len(selected)} faces checked"

@@ -8,6 +8,7 @@ from curation.detection import (
     Detection,
     MediapipeFaceDetector,
     ScrfdFaceDetector,
+    ambiguous_target,
     clean_detections,
     make_detector,
     scrfd_model_path,
@@ -80,3 +81,19 @@ def test_without_hint_the_largest_face_is_tracked_through_the_clip():
     frames[1].reverse()
     chosen = select_target(frames)
     assert [frames[t][i].bbox[0] for t, i in enumerate(chosen)] == [0, 10, 20, 30, 40]
+
+
+def test_two_similar_size_people_without_hint_are_ambiguous():
+    # a turned head (smaller box) beside a frontal bystander of nearly the same size
+    frames = [[box(0, 0, 100), box(300, 0, 92)] for _ in range(4)]
+    chosen = select_target(frames)
+    assert ambiguous_target(frames, chosen)
+
+
+def test_a_clearly_larger_person_or_a_passing_bystander_is_not_ambiguous():
+    clear = [[box(0, 0, 100), box(300, 0, 60)] for _ in range(4)]
+    assert not ambiguous_target(clear, select_target(clear))
+    # a bystander as large as the target, but only in one frame of four
+    passing = [[box(0, 0, 100)] for _ in range(3)] + [[box(0, 0, 100), box(300, 0, 100)]]
+    assert not ambiguous_target(passing, select_target(passing))
+    assert not ambiguous_target([[], []], [None, None])

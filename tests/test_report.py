@@ -184,7 +184,7 @@ def test_counts_equal_pandas_on_the_manifests(report):
         exploded.groupby(["src", "spl"]).ngroups
 
     faces = _per_source_split(_read(mdir, "faces"))
-    rejected = {"face_too_small", "not_target_person", "landmarks_failed"}
+    rejected = {"face_too_small", "not_target_person", "ambiguous_target", "landmarks_failed"}
     for (src, spl), group in faces.groupby(["src", "spl"]):
         assert counts["faces"][src][spl] == {
             "considered": len(group), "candidates": int((~group["reason"].isin(rejected)).sum()),

@@ -104,9 +104,13 @@ def _two_people(plan: CorpusPlan, target: Identity, other: Identity, folder_iden
     seed = plan.number("scene:two", 0, 2**31)
     clip_id = f"{folder_identity}/two_people"
     path = plan.path("folder", folder_identity, "two_people.mp4")
-    actors = (Actor(target.plate, (0.28 * s, 0.45 * s), 0.36 * s,
+    # The target must be the larger face as the detector sees it, not just the larger photo:
+    # a turned head gets a smaller box than a frontal bystander of the same photo size, and
+    # the analyzer refuses hint-less clips whose two people are of similar size
+    # (Reason.AMBIGUOUS_TARGET) rather than guess.
+    actors = (Actor(target.plate, (0.3 * s, 0.45 * s), 0.46 * s,
                     (Segment(0, SHORT * 2, "idle", seed),), target=True),
-              Actor(other.plate, (0.77 * s, 0.52 * s), 0.3 * s,
+              Actor(other.plate, (0.8 * s, 0.55 * s), 0.24 * s,
                     (Segment(0, SHORT * 2, "idle", seed + 1),), target=False))
     header = clip_header("folder", clip_id, target, other_person=other.person)
     # not degraded: this clip tests who is who, not quality
