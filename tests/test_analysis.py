@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 from _faces_helpers import clip_for, face_image, moving_face_frames, write_video
+from PIL import Image
 
 from curation.analysis import AnalysisConfig, FaceAnalyzer
 from curation.records import Reason
@@ -100,21 +101,34 @@ def test_missing_truncated_faceless_and_timeout(analyzer, face_video, tmp_path):
     assert (late.status, late.reason) == ("failed", Reason.VIDEO_TIMEOUT)
 
 
-def test_frame_folder_clip_and_two_people(analyzer, tmp_path):
+def test_frame_folder_group_photo_needs_a_hint(analyzer, tmp_path):
     folder = tmp_path / "Clip+vid+P0+C0+F0-9"
     folder.mkdir()
     group = cv2.resize(face_image("t1"), (1920, 1329), interpolation=cv2.INTER_CUBIC)
     for i in range(4):
-        cv2.imwrite(str(folder / f"{i:08d}.png"), cv2.cvtColor(group, cv2.COLOR_RGB2BGR))
-    result = analyzer.analyze_clip(clip_for(folder, extra={"fps": 2.0}))
+        Image.fromarray(group).save(folder / f"{i:08d}.png")
+
+    # Several people of similar size and no box hint: who the clip is about is a guess.
+    unhinted = analyzer.analyze_clip(clip_for(folder, extra={"fps": 2.0}))
+    assert (unhinted.status, unhinted.reason) == ("skipped", Reason.AMBIGUOUS_TARGET)
+    assert unhinted.fps == 2.0 and unhinted.frames_decoded == 4
+    assert not unhinted.usable
+
+    # A metadata box hint around one person settles it, in every frame.
+    faces = [c for c in unhinted.candidates if c.frame_index == 0]
+    person = max(faces, key=lambda c: c.face_size)
+    x0, y0, x1, y1 = person.bbox
+    pad = 0.3 * (x1 - x0)
+    hint = (x0 - pad, y0 - pad, x1 + pad, y1 + pad)
+    result = analyzer.analyze_clip(clip_for(folder, extra={"fps": 2.0}, bbox_hint=hint))
     assert result.status == "ok", result.message
-    assert result.fps == 2.0 and result.frames_decoded == 4
     reasons = {c.reason for c in result.candidates}
     assert Reason.NOT_TARGET_PERSON in reasons        # the other people are not taken
     frames = {c.frame_index for c in result.usable}
-    assert len(result.usable) == len(frames)          # one face of the person per frame
+    assert len(result.usable) == len(frames) == 4     # one face of the person per frame
     centres = [((c.bbox[0] + c.bbox[2]) / 2) for c in result.usable]
     assert max(centres) - min(centres) < 20           # the same person every time
+    assert abs(centres[0] - (x0 + x1) / 2) < 20       # and it is the hinted one
 
 
 def test_insightface_detector_with_stand_in_weights_does_not_crash(tmp_path, face_video):
