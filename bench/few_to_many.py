@@ -42,8 +42,8 @@ from training import synthetic
 from training.blocks import patchify
 from training.config import TrainConfig, tiny
 from training.data import DataStats, decode_identity, expand_urls, stable_seed
-from training.engine import OmniID, to_signed, to_unit
 from training.eval import load_model
+from training.model import OmniID, to_signed, to_unit
 from training.mtd import random_patch_mask
 from training.train import train
 

@@ -21,8 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import preset  # noqa: E402
-from training.engine import OmniID, StepRunner, build_optimizer  # noqa: E402
+from training.config import Stage, preset  # noqa: E402
+from training.engine import StepRunner  # noqa: E402
+from training.model import OmniID  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
 SDPA_KERNELS = {
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
-    p.add_argument("--stage", default="mtd", choices=("mtd", "flow"))
+    p.add_argument("--stage", type=Stage, default=Stage.MTD, choices=tuple(Stage))
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")

@@ -13,8 +13,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from mfhq_contract import IMAGES_PER_IDENTITY, image_ext, mask_ext, sample_key
 from training import synthetic
-from training.sample_format import IMAGES_PER_IDENTITY, image_ext, mask_ext, sample_key
 from training.synthetic import Part, ViewParams
 
 SIZE = 32

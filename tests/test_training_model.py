@@ -7,9 +7,8 @@ import torch
 
 from training.blocks import patchify, unpatchify
 from training.config import BackboneConfig, tiny
-from training.engine import OmniID
 from training.flow import DiTFlowDecoder
-from training.model import MissingWeightsError, OmniIDEncoder, build_backbone
+from training.model import MissingWeightsError, OmniID, OmniIDEncoder, build_backbone
 from training.mtd import masked_reconstruction_loss, random_patch_mask
 
 torch.set_num_threads(1)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.config import TrainConfig, from_dict
+
 CHECKPOINT_FORMAT = "omni-id-checkpoint/1"
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
@@ -116,3 +118,11 @@ def encoder_state(state: dict, prefer_ema: bool = True) -> dict[str, torch.Tenso
         return state["ema"]
     prefix = "encoder."
     return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+
+
+def saved_config(state: dict) -> TrainConfig:
+    """The config a checkpoint was trained with; its backbone comes from the checkpoint, so the
+    timm weight file it started from is not needed (nor read) again."""
+    config = from_dict(TrainConfig, state["config"])
+    config.backbone.weights = ""
+    return config

@@ -1,19 +1,50 @@
 """Trainer configuration: dataclasses, the named presets, and plain-dict round trips.
 
-Configs are stored inside checkpoints as plain dicts (str/int/float/bool/None/lists), so a
-checkpoint loads with `torch.load(weights_only=True)` and still knows how to rebuild its model.
+Configs are stored inside checkpoints as plain dicts (str/int/float/bool/None/lists; enums as
+their values), so a checkpoint loads with `torch.load(weights_only=True)` and still knows how to
+rebuild its model. Every setting has its one default here; the CLI and the presets override it.
+Settings that fix the model's architecture are listed once (`ENCODER_SETTINGS`,
+`MODEL_SETTINGS`) and copied from a checkpoint's config with `copy_settings`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import enum
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 
+class Stage(enum.StrEnum):
+    """Which decoder trains the encoder."""
+
+    MTD = "mtd"
+    FLOW = "flow"
+
+
+class ReconLoss(enum.StrEnum):
+    L1 = "l1"
+    L2 = "l2"
+
+
+class Latent(enum.StrEnum):
+    """The space the flow runs in (`training.flow.CODECS`)."""
+
+    PIXEL = "pixel"
+
+
+class BackboneName(enum.StrEnum):
+    """Keys of `training.model.BACKBONES`."""
+
+    VIT_SCRATCH = "vit_scratch"
+    TIMM = "timm"
+
+
 @dataclass
 class BackboneConfig:
-    name: str = "vit_scratch"          # key in training.model.BACKBONES
+    name: BackboneName = BackboneName.VIT_SCRATCH
     timm_name: str = ""                # for name == "timm": a timm model name
     weights: str = ""                  # local weight file for timm backbones ("" = random init)
     patch_size: int = 8                # vit_scratch only
@@ -42,7 +73,7 @@ class MTDConfig:
     self_blocks: int = 1
     mlp_ratio: float = 4.0
     mask_ratio: float = 0.95
-    loss: str = "l1"                   # "l1" | "l2"
+    loss: ReconLoss = ReconLoss.L1
 
 
 @dataclass
@@ -57,7 +88,7 @@ class FlowConfig:
     logit_mean: float = 0.0            # logit-normal timestep sampling
     logit_std: float = 1.0
     sample_steps: int = 20             # Euler steps of the sampler
-    latent: str = "pixel"              # "pixel" (no VAE); a VAE codec plugs in behind this name
+    latent: Latent = Latent.PIXEL      # a VAE codec plugs in behind another name
 
 
 @dataclass
@@ -86,7 +117,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
-    stage: str = "mtd"                 # "mtd" | "flow"
+    stage: Stage = Stage.MTD
     shards: str = ""
     test_shards: str = ""
     out: str = "runs/omni-id"
@@ -127,7 +158,7 @@ def paper() -> TrainConfig:
         log_every=50,
         ckpt_every=2000,
         backbone=BackboneConfig(
-            name="timm", timm_name="vit_huge_patch14_clip_224",
+            name=BackboneName.TIMM, timm_name="vit_huge_patch14_clip_224",
             weights="weights/vit_huge_patch14_clip_224.pth", grad_checkpointing=True,
         ),
         encoder=EncoderConfig(num_tokens=256, dim=1280, heads=16, cross_blocks=4, self_blocks=4),
@@ -149,8 +180,10 @@ def preset(name: str) -> TrainConfig:
 
 
 def to_dict(config: Any) -> dict:
-    """A plain nested dict (tuples become lists) that `weights_only` unpickling accepts."""
+    """A plain nested dict (tuples become lists, enums their values) for `weights_only` loads."""
     def plain(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.value
         if isinstance(value, tuple | list):
             return [plain(v) for v in value]
         if isinstance(value, dict):
@@ -162,14 +195,41 @@ def to_dict(config: Any) -> dict:
 def from_dict(cls: type, values: dict) -> Any:
     """Rebuild a (nested) config dataclass; unknown keys are ignored, missing keys default."""
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name not in values:
             continue
-        value = values[f.name]
-        nested = f.default_factory
-        if isinstance(nested, type) and dataclasses.is_dataclass(nested):
-            value = from_dict(nested, value)
-        elif isinstance(value, list) and f.name == "betas":
+        value, kind = values[f.name], hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            value = from_dict(kind, value)
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            value = kind(value)
+        elif typing.get_origin(kind) is tuple:
             value = tuple(value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+# The settings that fix the encoder's / the whole model's architecture (dotted paths): a run
+# that starts from a checkpoint takes these from the checkpoint's config, never from the CLI.
+ENCODER_SETTINGS = ("backbone", "encoder", "data.image_size")
+MODEL_SETTINGS = ENCODER_SETTINGS + ("mtd", "flow")
+
+
+def get_setting(config: Any, path: str) -> Any:
+    for name in path.split("."):
+        config = getattr(config, name)
+    return config
+
+
+def set_setting(config: Any, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for name in parents:
+        config = getattr(config, name)
+    setattr(config, last, value)
+
+
+def copy_settings(target: Any, source: Any, paths: tuple[str, ...]) -> None:
+    """Copy the settings at `paths` (dotted) from one config to another (deep copies)."""
+    for path in paths:
+        set_setting(target, path, copy.deepcopy(get_setting(source, path)))

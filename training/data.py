@@ -1,6 +1,6 @@
 """WebDataset pipeline: MFHQ identity shards -> few-to-many training examples.
 
-One sample (one identity, `training.sample_format`) becomes one example:
+One sample (one identity, `mfhq_contract`) becomes one example:
     inputs  uint8 [n_in, 3, S, S]    the images the encoder sees
     targets uint8 [n_tgt, 3, S, S]   the images the decoders reconstruct (inputs may be among them)
     masks   uint8 [n_tgt, 1, S, S]   the targets' face masks (0/255)
@@ -32,8 +32,8 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset
 
+from mfhq_contract import IMAGES_PER_IDENTITY, JSON_EXT, image_ext, mask_ext
 from training.config import DataConfig
-from training.sample_format import IMAGES_PER_IDENTITY, JSON_EXT, image_ext, mask_ext
 
 STATS_FIELDS = ("samples_ok", "samples_skipped", "members_skipped", "shards_failed")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from training import checkpoint as ckpt
-from training.config import TrainConfig, from_dict
+from training.config import TrainConfig
 from training.data import decode_rgb
 from training.model import OmniIDEncoder
 
@@ -26,8 +26,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 def load_encoder(path: str, device: torch.device | str = "cpu",
                  prefer_ema: bool = True) -> tuple[OmniIDEncoder, TrainConfig]:
     state = ckpt.load(path)
-    config = from_dict(TrainConfig, state["config"])
-    config.backbone.weights = ""  # the checkpoint holds the fine-tuned backbone
+    config = ckpt.saved_config(state)
     encoder = OmniIDEncoder(config.backbone, config.encoder, config.data.image_size)
     encoder.load_state_dict(ckpt.encoder_state(state, prefer_ema))
     return encoder.to(device).eval(), config

@@ -1,119 +1,32 @@
-"""The training module (encoder + the stage's decoder), optimizer, schedule, EMA, one step."""
+"""The training step and the training loop of one process.
+
+`StepRunner` does one optimisation step: bf16 autocast on CUDA, backward, gradient clipping,
+the optimiser, the EMA, and the non-finite guard (a step whose loss or gradient is not finite is
+skipped; `max_nonfinite` in a row stop training with `NonFiniteLossError`).
+
+`TrainingLoop` drives the runner over the data stream until `max_steps`: the LR schedule,
+metrics rows (`metrics.jsonl`, rank 0), the progress bar, checkpoints (model, optimiser, EMA,
+step, every rank's RNG and data position, so a resumed run continues exactly as an
+uninterrupted one), the per-rank data report (`data-rank<r>.json`) and the held-out evaluation
+at the end. What the loop starts from (model, optimiser, restored state) is set up by
+`training.train`.
+"""
 
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import dataclass
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from training.config import OptimConfig, TrainConfig
-from training.flow import DiTFlowDecoder
-from training.model import OmniIDEncoder
-from training.mtd import MaskedTransformerDecoder
-
-STAGES = ("mtd", "flow")
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [0, 1] (the encoder's input)."""
-    return images.float().div_(255.0)
-
-
-def to_signed(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [-1, 1] (the decoders' pixel space)."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
-class OmniID(nn.Module):
-    """Omni-ID encoder plus the decoder of one training stage; forward returns the loss."""
-
-    def __init__(self, config: TrainConfig):
-        super().__init__()
-        if config.stage not in STAGES:
-            raise ValueError(f"unknown stage {config.stage!r}, expected one of {STAGES}")
-        self.stage = config.stage
-        size = config.data.image_size
-        self.encoder = OmniIDEncoder(config.backbone, config.encoder, size)
-        if self.stage == "mtd":
-            self.mtd = MaskedTransformerDecoder(config.mtd, config.encoder.dim, size)
-        else:
-            self.flow = DiTFlowDecoder(config.flow, config.encoder.dim, size)
-
-    def decoder(self) -> nn.Module:
-        return self.mtd if self.stage == "mtd" else self.flow
-
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor,
-                masks: torch.Tensor) -> torch.Tensor:
-        """inputs uint8 [B, n_in, 3, H, W], targets [B, T, 3, H, W], masks [B, T, 1, H, W]."""
-        return self.losses(inputs, targets, masks)["loss"]
-
-    def losses(self, inputs: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
-               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        ids = self.encoder(to_unit(inputs))
-        n_tgt = targets.shape[1]
-        ids = ids.repeat_interleave(n_tgt, dim=0)         # every target sees its identity
-        flat_targets = to_signed(targets.flatten(0, 1))
-        if self.stage == "mtd":
-            face = (masks.flatten(0, 1) > 127).float()
-            return self.mtd.loss(ids, flat_targets, face, generator)
-        return self.flow.loss(ids, flat_targets, generator)
-
-
-def param_groups(model: OmniID, optim: OptimConfig) -> list[dict]:
-    """AdamW groups: no decay on biases, norms and embeddings; a scaled LR for the backbone."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        no_decay = param.ndim < 2 or name.endswith(("pos_embed", "queries", "mask_token",
-                                                     "prompt", "cls_token"))
-        is_backbone = name.startswith("encoder.backbone.")
-        groups.setdefault((is_backbone, no_decay), []).append(param)
-    out = []
-    for (is_backbone, no_decay), params in sorted(groups.items()):
-        lr = optim.lr * (optim.backbone_lr_scale if is_backbone else 1.0)
-        out.append({"params": params, "lr": lr, "base_lr": lr,
-                    "weight_decay": 0.0 if no_decay else optim.weight_decay})
-    return out
-
-
-def build_optimizer(model: OmniID, optim: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
-    kwargs = {"fused": True} if fused else {}
-    return torch.optim.AdamW(param_groups(model, optim), lr=optim.lr, betas=tuple(optim.betas),
-                             **kwargs)
-
-
-def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
-    """Linear warmup to 1, then cosine down to `min_lr_ratio` at `max_steps`."""
-    if step < optim.warmup_steps:
-        return (step + 1) / optim.warmup_steps
-    span = max(1, max_steps - optim.warmup_steps)
-    progress = min(1.0, (step - optim.warmup_steps) / span)
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * cosine
-
-
-def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
-
-
-class EMA:
-    """Exponential moving average of the encoder's weights (what `encode` exports)."""
-
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay = decay
-        self.module = copy.deepcopy(module).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        for ema_p, p in zip(self.module.parameters(), module.parameters(), strict=False):
-            ema_p.lerp_(p.detach(), 1.0 - self.decay)
-        for ema_b, b in zip(self.module.buffers(), module.buffers(), strict=False):
-            ema_b.copy_(b)
+from training import checkpoint as ckpt
+from training.config import OptimConfig, TrainConfig, to_dict
+from training.data import STATS_FIELDS, IdentityStream
+from training.optim import EMA, lr_factor, set_lr
 
 
 class NonFiniteLossError(RuntimeError):
@@ -177,3 +90,165 @@ class StepRunner:
             self.ema.update(self.ema_source)
         self.nonfinite_in_a_row = 0
         return StepResult(loss.item(), grad_norm.item(), applied=True)
+
+
+class MetricsLog:
+    """Appends JSON rows to metrics.jsonl (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def gather_states(world: int, data_state: dict, rng_state: dict) -> list[dict]:
+    """Every rank's data position and RNG state, gathered on all ranks (rank order)."""
+    mine = {"data": data_state, "rng": rng_state}
+    if world == 1:
+        return [mine]
+    gathered: list = [None] * world
+    torch.distributed.all_gather_object(gathered, mine)
+    return gathered
+
+
+def fresh_data_state(epoch: int = 0) -> dict:
+    """Where a process is in its data: epoch, batches of it consumed, raw position per stream."""
+    return {"epoch": epoch, "batches": 0, "positions": []}
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint restores besides the weights: the step and this rank's data position."""
+
+    step: int = 0
+    data: dict = field(default_factory=fresh_data_state)
+
+
+class TrainingLoop:
+    """Runs `runner` over `loader` from `state` to `config.max_steps` (see the module doc)."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, runner: StepRunner,
+                 optimizer: torch.optim.Optimizer, ema: EMA | None, dataset: IdentityStream,
+                 loader: torch.utils.data.DataLoader, state: LoopState, rank: int, world: int,
+                 device: torch.device):
+        self.config, self.model, self.runner = config, model, runner
+        self.optimizer, self.ema = optimizer, ema
+        self.dataset, self.loader, self.state = dataset, loader, state
+        self.rank, self.world, self.device = rank, world, device
+        self.out = Path(config.out)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=rank == 0)
+        self.stream_stats: dict[int, torch.Tensor] = {}
+        self.shards_seen: set[str] = set()
+
+    def save(self) -> None:
+        config, step = self.config, self.state.step
+        states = gather_states(self.world, self.state.data, ckpt.capture_rng())
+        if self.rank == 0:
+            state = {
+                "format": ckpt.CHECKPOINT_FORMAT, "config": to_dict(config),
+                "stage": str(config.stage), "step": step, "model": self.model.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": {"name": "warmup_cosine", "step": step},
+                "rng": [s["rng"] for s in states], "data": [s["data"] for s in states],
+            }
+            ckpt.atomic_save(state, ckpt.checkpoint_path(self.out, step))
+            ckpt.prune(self.out, config.keep_checkpoints)
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def data_totals(self) -> list[int]:
+        if not self.stream_stats:
+            return [0] * len(STATS_FIELDS)
+        return sum(self.stream_stats.values()).tolist()
+
+    def run(self, progress: bool = True) -> dict:
+        """Train to `max_steps`; returns a summary (last loss, steps, output paths, eval rows)."""
+        config = self.config
+        bar = None
+        if progress and self.rank == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=config.max_steps, initial=self.state.step, desc=str(config.stage),
+                       unit="step")
+        last_loss = float("nan")
+        try:
+            last_loss = self._epochs(bar)
+        except NonFiniteLossError as exc:
+            self.metrics.write({"step": self.state.step, "loss": None, "stopped": str(exc)})
+            print(f"error: {exc}", file=sys.stderr)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            (self.out / f"data-rank{self.rank}.json").write_text(json.dumps({
+                "rank": self.rank, "world": self.world, "shards_seen": sorted(self.shards_seen),
+                "stats": dict(zip(STATS_FIELDS, self.data_totals(), strict=False))}, indent=1))
+
+        step = self.state.step
+        summary = {"step": step, "loss": last_loss, "out": str(self.out),
+                   "checkpoint": str(ckpt.checkpoint_path(self.out, step))}
+        if config.test_shards and self.rank == 0:
+            from training.eval import evaluate_model
+            rows = evaluate_model(self.model, config, config.test_shards,
+                                  n_inputs=(config.data.n_in,), max_samples=config.eval_samples,
+                                  device=self.device)
+            for row in rows:
+                self.metrics.write({"step": step, "loss": row["loss"], "eval": row})
+            summary["eval"] = rows
+        if self.world > 1:
+            torch.distributed.barrier()
+        return summary
+
+    def _epochs(self, bar) -> float:
+        config, state = self.config, self.state
+        last_loss, window_start, window_samples = float("nan"), time.perf_counter(), 0
+        epoch = state.data["epoch"]
+        self.dataset.set_epoch(epoch, state.data["positions"], state.data["batches"])
+        while state.step < config.max_steps:
+            positions = list(state.data["positions"])
+            batches = state.data["batches"]
+            for batch in self.loader:
+                stream = int(batch["stream"])
+                positions += [0] * (stream + 1 - len(positions))
+                positions[stream] = int(batch["position"])
+                batches += 1
+                self.stream_stats[stream] = batch["stats"]
+                self.shards_seen.update(batch["urls"])
+                result = self.runner(batch, lr_factor(state.step, config.optim, config.max_steps))
+                state.step += 1
+                step = state.step
+                state.data = {"epoch": epoch, "batches": batches, "positions": positions}
+                window_samples += batch["inputs"].shape[0]
+                if result.applied:
+                    last_loss = result.loss
+                else:
+                    self.metrics.write({"step": step, "loss": None, "skipped": "nonfinite",
+                                        "grad_norm": None})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{result.loss:.4f}")
+                if result.applied and (step % config.log_every == 0 or step == config.max_steps):
+                    elapsed = time.perf_counter() - window_start
+                    self.metrics.write({
+                        "step": step, "loss": result.loss, "grad_norm": result.grad_norm,
+                        "lr": self.optimizer.param_groups[-1]["lr"], "epoch": epoch,
+                        "samples_per_s": window_samples * self.world / max(elapsed, 1e-9),
+                        "data": dict(zip(STATS_FIELDS, self.data_totals(), strict=False)),
+                    })
+                    window_start, window_samples = time.perf_counter(), 0
+                if step % config.ckpt_every == 0 or step == config.max_steps:
+                    self.save()
+                if step >= config.max_steps:
+                    break
+            else:
+                if batches == 0:
+                    raise RuntimeError(
+                        f"no usable samples in {config.shards!r} (see data-rank{self.rank}.json): "
+                        f"check the URLs and that the shards follow mfhq_contract/__init__.py")
+                epoch += 1
+                state.data = fresh_data_state(epoch)
+                self.dataset.set_epoch(epoch)
+        return last_loss

@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from training import checkpoint as ckpt
-from training.config import TrainConfig, from_dict
+from training.config import Stage, TrainConfig
 from training.data import EvalStream
-from training.engine import OmniID, to_signed, to_unit
+from training.model import OmniID, to_signed, to_unit
 
 
 class ArcFace:
@@ -56,8 +56,7 @@ class ArcFace:
 def load_model(path: str, device: torch.device, prefer_ema: bool = True) -> tuple[OmniID,
                                                                                  TrainConfig]:
     state = ckpt.load(path)
-    config = from_dict(TrainConfig, state["config"])
-    config.backbone.weights = ""  # the checkpoint holds the backbone
+    config = ckpt.saved_config(state)
     model = OmniID(config)
     model.load_state_dict(state["model"])
     if prefer_ema and state.get("ema"):
@@ -85,7 +84,7 @@ def evaluate_model(model: OmniID, config: TrainConfig, shards: str,
             flat = to_signed(targets.flatten(0, 1))
             face = (masks.flatten(0, 1) > 127).float()
             values = {}
-            if model.stage == "mtd":
+            if model.stage == Stage.MTD:
                 hidden = _fixed_mask(model, flat.shape[0], generator).to(device)
                 values["loss"] = model.mtd.loss(ids, flat, face, hidden=hidden)["loss"].item()
             else:
@@ -105,7 +104,7 @@ def evaluate_model(model: OmniID, config: TrainConfig, shards: str,
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value * n
             count += n
-        row = {"stage": model.stage, "n_in": n_in, "samples": count}
+        row = {"stage": str(model.stage), "n_in": n_in, "samples": count}
         row.update({k: v / max(count, 1) for k, v in sums.items()})
         if count == 0:
             row["loss"] = None

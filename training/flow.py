@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from training.blocks import Attention, Mlp, init_weights, patchify, unpatchify
-from training.config import FlowConfig
+from training.config import FlowConfig, Latent
 
 
 class PixelCodec(nn.Module):
@@ -42,7 +42,7 @@ class PixelCodec(nn.Module):
         return latents
 
 
-CODECS = {"pixel": PixelCodec}
+CODECS = {Latent.PIXEL: PixelCodec}
 
 
 def logit_normal_timesteps(n: int, mean: float, std: float, generator=None,

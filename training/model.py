@@ -1,4 +1,5 @@
-"""Image backbones (a registry) and the Omni-ID encoder.
+"""The trained modules: image backbones (a registry), the Omni-ID encoder, and `OmniID`, the
+encoder plus the decoder(s) of a training stage, whose forward returns the loss.
 
 The encoder turns a set of face images of one person, any number of them, into N x D identity
 tokens: every image goes through the backbone, the patch tokens of all images are concatenated
@@ -16,7 +17,9 @@ import torch
 from torch import nn
 
 from training.blocks import CrossThenSelfTransformer, SelfAttentionBlock, init_weights
-from training.config import BackboneConfig, EncoderConfig
+from training.config import BackboneConfig, BackboneName, EncoderConfig, Stage, TrainConfig
+from training.flow import DiTFlowDecoder
+from training.mtd import MaskedTransformerDecoder
 
 
 class Backbone(nn.Module):
@@ -76,7 +79,7 @@ class ScratchViT(Backbone):
         return self.norm(x)
 
 
-register_backbone("vit_scratch")(ScratchViT)
+register_backbone(BackboneName.VIT_SCRATCH)(ScratchViT)
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -130,7 +133,7 @@ class TimmViT(Backbone):
         return tokens[:, self.model.num_prefix_tokens:]
 
 
-register_backbone("timm")(TimmViT)
+register_backbone(BackboneName.TIMM)(TimmViT)
 
 
 class OmniIDEncoder(nn.Module):
@@ -156,3 +159,46 @@ class OmniIDEncoder(nn.Module):
         tokens = self.backbone(images.flatten(0, 1))                 # [B*n, L, C]
         context = self.context_proj(tokens.reshape(b, n * tokens.shape[1], -1))
         return self.transformer(self.queries.expand(b, -1, -1), context)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [0, 1] (the encoder's input)."""
+    return images.float().div_(255.0)
+
+
+def to_signed(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [-1, 1] (the decoders' pixel space)."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+class OmniID(nn.Module):
+    """Omni-ID encoder plus the decoder of one training stage; forward returns the loss."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__()
+        self.stage = Stage(config.stage)
+        size = config.data.image_size
+        self.encoder = OmniIDEncoder(config.backbone, config.encoder, size)
+        if self.stage == Stage.MTD:
+            self.mtd = MaskedTransformerDecoder(config.mtd, config.encoder.dim, size)
+        else:
+            self.flow = DiTFlowDecoder(config.flow, config.encoder.dim, size)
+
+    def decoder(self) -> nn.Module:
+        return self.mtd if self.stage == Stage.MTD else self.flow
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor,
+                masks: torch.Tensor) -> torch.Tensor:
+        """inputs uint8 [B, n_in, 3, H, W], targets [B, T, 3, H, W], masks [B, T, 1, H, W]."""
+        return self.losses(inputs, targets, masks)["loss"]
+
+    def losses(self, inputs: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        ids = self.encoder(to_unit(inputs))
+        n_tgt = targets.shape[1]
+        ids = ids.repeat_interleave(n_tgt, dim=0)         # every target sees its identity
+        flat_targets = to_signed(targets.flatten(0, 1))
+        if self.stage == Stage.MTD:
+            face = (masks.flatten(0, 1) > 127).float()
+            return self.mtd.loss(ids, flat_targets, face, generator)
+        return self.flow.loss(ids, flat_targets, generator)

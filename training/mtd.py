@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from training.blocks import CrossThenSelfTransformer, init_weights, patchify
-from training.config import MTDConfig
+from training.config import MTDConfig, ReconLoss
 
 
 def random_patch_mask(batch: int, num_patches: int, ratio: float,
@@ -29,17 +29,13 @@ def random_patch_mask(batch: int, num_patches: int, ratio: float,
 
 
 def masked_reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor,
-                               face: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+                               face: torch.Tensor, kind: ReconLoss = ReconLoss.L1) -> torch.Tensor:
     """Mean error over the pixels that are both in a hidden patch and inside the face mask.
 
     pred, target: [M, L, P] patch pixels; hidden: [M, L] bool; face: [M, L, P] in {0, 1}.
     """
-    if kind == "l1":
-        error = (pred - target).abs()
-    elif kind == "l2":
-        error = (pred - target).square()
-    else:
-        raise ValueError(f"unknown loss {kind!r}, expected 'l1' or 'l2'")
+    kind = ReconLoss(kind)
+    error = (pred - target).abs() if kind == ReconLoss.L1 else (pred - target).square()
     weight = face * hidden.unsqueeze(-1).to(face.dtype)
     # Keep the sum tied to `pred` so a batch without face pixels still gives a zero gradient.
     return (error * weight).sum() / weight.sum().clamp(min=1.0)
