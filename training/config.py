@@ -18,10 +18,19 @@ from typing import Any
 
 
 class Stage(enum.StrEnum):
-    """Which decoder trains the encoder."""
+    """Which decoders the model has and train the encoder: the MTD, the flow decoder, or both
+    (`joint`: the paper's multi-decoder objective, after an optional MTD-only warm-up)."""
 
     MTD = "mtd"
     FLOW = "flow"
+    JOINT = "joint"
+
+
+class FlowDecoderKind(enum.StrEnum):
+    """The flow-matching decoder: the small pixel DiT (CPU) or frozen FLUX + IP-Adapter."""
+
+    DIT = "dit"
+    FLUX = "flux"
 
 
 class ReconLoss(enum.StrEnum):
@@ -33,6 +42,13 @@ class Latent(enum.StrEnum):
     """The space the flow runs in (`training.flow.CODECS`)."""
 
     PIXEL = "pixel"
+
+
+class WeightDtype(enum.StrEnum):
+    """dtype of frozen base weights (FLUX): bfloat16 on GPUs, float32 for CPU runs."""
+
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
 
 
 class BackboneName(enum.StrEnum):
@@ -88,18 +104,33 @@ class FlowConfig:
     logit_mean: float = 0.0            # logit-normal timestep sampling
     logit_std: float = 1.0
     sample_steps: int = 20             # Euler steps of the sampler
-    latent: Latent = Latent.PIXEL      # a VAE codec plugs in behind another name
+    latent: Latent = Latent.PIXEL      # DiT only; FLUX runs in its own VAE's latent space
+    # The target's 5 landmarks as Gaussian maps, added through a zero-initialised projection:
+    # the pose is the only thing the decoder learns about the target besides its identity, so
+    # evaluation can generate a face in the target's pose from pure noise without seeing it.
+    pose_condition: bool = True
+    decoder: FlowDecoderKind = FlowDecoderKind.DIT
+    flux_path: str = ""                # local diffusers folder (transformer/, vae/) for FLUX
+    prompt_embeds: str = ""            # .safetensors from `python -m training.prompt_embeds`
+    guidance: float = 3.5              # FLUX-dev's distilled guidance input
+    flux_dtype: WeightDtype = WeightDtype.FLOAT32
+    flux_grad_checkpointing: bool = False
 
 
 @dataclass
 class DataConfig:
-    image_size: int = 64
+    image_size: int = 64               # encoder inputs (the backbone's resolution)
+    target_size: int = 0               # decoder targets; 0: the same as image_size
     n_in: int = 3
     n_tgt: int = 8
     shuffle_buffer: int = 64
     workers: int = 0
     samples_per_epoch: int = 10_000    # per rank; `with_epoch` sizing
     resampled: bool = True
+
+    @property
+    def target_px(self) -> int:
+        return self.target_size or self.image_size
 
 
 @dataclass
@@ -112,6 +143,24 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.0             # 0 disables EMA
+
+
+@dataclass
+class ObjectiveConfig:
+    """Loss weights and the per-step schedule of which losses reach the encoder.
+
+    Stage `joint`: steps [0, mtd_warmup_steps) train with the MTD loss alone (Fig. 9 / Tab. 3's
+    MTD pre-training), then both losses with these weights. `decoder_warmup_steps` after that
+    (or from step 0 for stage `flow`) train the flow decoder while its loss does not reach the
+    encoder; `freeze_encoder` keeps the encoder fixed throughout (decoder-only training).
+    The two-stage recipe is stage `mtd`, then stage `flow` with `--init`.
+    """
+
+    mtd_weight: float = 1.0
+    flow_weight: float = 1.0
+    mtd_warmup_steps: int = 0
+    decoder_warmup_steps: int = 0
+    freeze_encoder: bool = False
 
 
 @dataclass
@@ -129,8 +178,11 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 50
     keep_checkpoints: int = 3
-    eval_every: int = 0                # 0: no eval during training
+    eval_every: int = 0                # 0: no eval during training (needs test_shards)
     eval_samples: int = 16
+    eval_inputs: tuple[int, ...] = (1, 3, 5, 7)
+    eval_arcface: str = ""             # ArcFace ONNX for ID similarity ("" = not measured)
+    eval_pose: bool = True             # FaceMesh head-pose error, when mediapipe is installed
     max_nonfinite: int = 5             # consecutive non-finite steps before stopping
     device: str = "auto"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -139,6 +191,7 @@ class TrainConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
 def tiny() -> TrainConfig:
@@ -147,7 +200,9 @@ def tiny() -> TrainConfig:
 
 
 def paper() -> TrainConfig:
-    """The paper's encoder: CLIP ViT-H/14 (fine-tuned) -> 256 x 1280 identity tokens.
+    """The paper's recipe: CLIP ViT-H/14 (fine-tuned) -> 256 x 1280 identity tokens, inputs at
+    the backbone's 224 px, targets at the build's 512 px crops, the flow decoder FLUX.1-dev +
+    IP-Adapter in latent space; stage `joint` warms up with the MTD alone for 10k steps.
 
     Block counts and decoder sizes are our choices where the paper's text does not give them.
     """
@@ -163,10 +218,16 @@ def paper() -> TrainConfig:
         ),
         encoder=EncoderConfig(num_tokens=256, dim=1280, heads=16, cross_blocks=4, self_blocks=4),
         mtd=MTDConfig(patch_size=16, dim=768, heads=12, cross_blocks=4, self_blocks=4),
-        flow=FlowConfig(patch_size=16, dim=768, heads=12, depth=12, prompt_tokens=8),
-        data=DataConfig(image_size=224, shuffle_buffer=2000, workers=8,
+        flow=FlowConfig(patch_size=16, dim=768, heads=12, depth=12, prompt_tokens=8,
+                        decoder=FlowDecoderKind.FLUX, flux_path="weights/FLUX.1-dev",
+                        prompt_embeds="weights/flux-prompt.safetensors",
+                        flux_grad_checkpointing=True, flux_dtype=WeightDtype.BFLOAT16,
+                        sample_steps=28),
+        data=DataConfig(image_size=224, target_size=512, shuffle_buffer=2000, workers=8,
                         samples_per_epoch=100_000),
         optim=OptimConfig(lr=1e-4, backbone_lr_scale=0.1, warmup_steps=2000, ema_decay=0.9999),
+        objective=ObjectiveConfig(mtd_warmup_steps=10_000),
+        eval_every=5000,
     )
 
 
@@ -213,7 +274,7 @@ def from_dict(cls: type, values: dict) -> Any:
 # The settings that fix the encoder's / the whole model's architecture (dotted paths): a run
 # that starts from a checkpoint takes these from the checkpoint's config, never from the CLI.
 ENCODER_SETTINGS = ("backbone", "encoder", "data.image_size")
-MODEL_SETTINGS = ENCODER_SETTINGS + ("mtd", "flow")
+MODEL_SETTINGS = ENCODER_SETTINGS + ("data.target_size", "mtd", "flow")
 
 
 def get_setting(config: Any, path: str) -> Any:

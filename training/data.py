@@ -2,8 +2,12 @@
 
 One sample (one identity, `mfhq_contract`) becomes one example:
     inputs  uint8 [n_in, 3, S, S]    the images the encoder sees
-    targets uint8 [n_tgt, 3, S, S]   the images the decoders reconstruct (inputs may be among them)
-    masks   uint8 [n_tgt, 1, S, S]   the targets' face masks (0/255)
+    targets uint8 [n_tgt, 3, T, T]   the images the decoders reconstruct (inputs may be among them);
+                                     T = target_size (the paper preset: inputs at the backbone's
+                                     224 px, targets at the build's 512 px crops)
+    masks   uint8 [n_tgt, 1, T, T]   the targets' face masks (0/255)
+    landmarks float32 [n_tgt, 5, 2]  the targets' five landmarks (eyes, nose, mouth corners) in
+                                     [0, 1] crop coordinates (NaN where the record has none)
 Batches stay uint8 until they reach the device (4x less to move between processes).
 
 Only `.json`, `.jpg` and `.png` members are decoded, by our own functions; nothing is unpickled.
@@ -36,6 +40,7 @@ from mfhq_contract import IMAGES_PER_IDENTITY, JSON_EXT, image_ext, mask_ext
 from training.config import DataConfig
 
 STATS_FIELDS = ("samples_ok", "samples_skipped", "members_skipped", "shards_failed")
+BATCH_TENSORS = ("inputs", "targets", "masks", "landmarks")
 
 
 @dataclass
@@ -88,13 +93,30 @@ def decode_mask(data: bytes, size: int) -> np.ndarray:
 class Identity:
     key: str
     record: dict
-    images: list[np.ndarray]
-    masks: list[np.ndarray]
+    images: list[np.ndarray]           # at the input size
+    masks: list[np.ndarray]            # at the target size
     url: str
+    targets: list[np.ndarray]          # at the target size (the same arrays when sizes agree)
+    landmarks: list[np.ndarray]        # [5, 2] in [0, 1] crop coordinates, NaN when unknown
 
 
-def decode_identity(sample: dict, size: int, stats: DataStats) -> Identity | None:
+NUM_LANDMARKS = 5
+
+
+def record_landmarks(record: dict, index: int) -> np.ndarray:
+    """Image `index`'s five landmarks from the sample record, in [0, 1] crop coordinates."""
+    try:
+        entry = next(e for e in record["images"] if e.get("index") == index)
+        points = np.asarray(entry["landmarks5"], dtype=np.float32).reshape(NUM_LANDMARKS, 2)
+        return points / float(record["crop_size"])
+    except Exception:  # an older or partial record: the view stays usable, without a pose map
+        return np.full((NUM_LANDMARKS, 2), np.nan, np.float32)
+
+
+def decode_identity(sample: dict, size: int, stats: DataStats,
+                    target_size: int | None = None) -> Identity | None:
     """Decode one raw WebDataset sample; None (and counted) when it is unusable."""
+    target_size = target_size or size
     try:
         record = json.loads(sample[JSON_EXT])
         if not isinstance(record, dict):
@@ -102,18 +124,24 @@ def decode_identity(sample: dict, size: int, stats: DataStats) -> Identity | Non
     except Exception:
         stats.samples_skipped += 1
         return None
-    images, masks = [], []
+    images, targets, masks, landmarks = [], [], [], []
     for index in range(IMAGES_PER_IDENTITY):
         image_bytes, mask_bytes = sample.get(image_ext(index)), sample.get(mask_ext(index))
         if image_bytes is None or mask_bytes is None:
             continue
         try:
-            images.append(decode_rgb(image_bytes, size))
-            masks.append(decode_mask(mask_bytes, size))
+            image = decode_rgb(image_bytes, size)
+            target = image if target_size == size else decode_rgb(image_bytes, target_size)
+            mask = decode_mask(mask_bytes, target_size)
         except Exception:
             stats.members_skipped += 1
-            del images[len(masks):]
-    return Identity(sample.get("__key__", ""), record, images, masks, sample.get("__url__", ""))
+            continue
+        images.append(image)
+        targets.append(target)
+        masks.append(mask)
+        landmarks.append(record_landmarks(record, index))
+    return Identity(sample.get("__key__", ""), record, images, masks, sample.get("__url__", ""),
+                    targets, landmarks)
 
 
 def few_to_many(identity: Identity, n_in: int, n_tgt: int,
@@ -127,8 +155,9 @@ def few_to_many(identity: Identity, n_in: int, n_tgt: int,
         targets = views + [rng.choice(views) for _ in range(n_tgt - len(views))]
     return {
         "inputs": np.stack([identity.images[i] for i in inputs]),
-        "targets": np.stack([identity.images[i] for i in targets]),
+        "targets": np.stack([identity.targets[i] for i in targets]),
         "masks": np.stack([identity.masks[i] for i in targets]),
+        "landmarks": np.stack([identity.landmarks[i] for i in targets]),
     }
 
 
@@ -148,14 +177,15 @@ def unseen_view(identity: Identity, n_in: int, rng: random.Random) -> dict[str, 
     target = order[-1]
     return {
         "inputs": np.stack([identity.images[i] for i in order[:n_in]]),
-        "targets": identity.images[target][None],
+        "targets": identity.targets[target][None],
         "masks": identity.masks[target][None],
+        "landmarks": identity.landmarks[target][None],
     }
 
 
 def collate(examples: list[dict]) -> dict:
     batch = {k: torch.from_numpy(np.stack([e[k] for e in examples]))
-             for k in ("inputs", "targets", "masks")}
+             for k in BATCH_TENSORS}
     batch["keys"] = [e["key"] for e in examples]
     batch["urls"] = [e["url"] for e in examples]
     batch["stream"] = examples[-1]["stream"]
@@ -238,7 +268,7 @@ class IdentityStream(IterableDataset):
             for position, sample in enumerate(samples, start=1):
                 if position <= skip:  # consumed before the resume: skipped undecoded
                     continue
-                identity = decode_identity(sample, config.image_size, stats)
+                identity = decode_identity(sample, config.image_size, stats, config.target_px)
                 if identity is None or len(identity.images) < config.n_in:
                     if identity is not None:
                         stats.samples_skipped += 1
@@ -289,7 +319,8 @@ class EvalStream(IterableDataset):
         for sample in pipeline:
             if self.max_samples is not None and count >= self.max_samples:
                 break
-            identity = decode_identity(sample, self.config.image_size, stats)
+            identity = decode_identity(sample, self.config.image_size, stats,
+                                       self.config.target_px)
             if identity is None or len(identity.images) <= self.n_in:
                 if identity is not None:
                     stats.samples_skipped += 1

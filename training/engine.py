@@ -25,7 +25,8 @@ from torch import nn
 
 from training import checkpoint as ckpt
 from training.config import OptimConfig, TrainConfig, to_dict
-from training.data import STATS_FIELDS, IdentityStream
+from training.data import BATCH_TENSORS, STATS_FIELDS, IdentityStream
+from training.model import Phase, phase_at
 from training.optim import EMA, lr_factor, set_lr
 
 
@@ -38,6 +39,7 @@ class StepResult:
     loss: float
     grad_norm: float
     applied: bool          # False: the step was skipped (non-finite loss or gradient)
+    parts: dict[str, float] = field(default_factory=dict)   # each loss before weighting
 
 
 class StepRunner:
@@ -69,14 +71,17 @@ class StepRunner:
                 f"from an earlier checkpoint.")
         return StepResult(loss, grad_norm, applied=False)
 
-    def __call__(self, batch: dict, lr_scale: float) -> StepResult:
+    def __call__(self, batch: dict, lr_scale: float, phase: Phase | None = None) -> StepResult:
+        """`model(inputs, targets, masks, landmarks, phase)` must return {"loss": ..., parts}."""
         set_lr(self.optimizer, lr_scale)
-        inputs, targets, masks = (batch[k].to(self.device, non_blocking=True)
-                                  for k in ("inputs", "targets", "masks"))
+        tensors = [batch[k].to(self.device, non_blocking=True) if k in batch else None
+                   for k in BATCH_TENSORS]
         autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                   enabled=self.device.type == "cuda")
         with autocast:
-            loss = self.model(inputs, targets, masks)
+            losses = self.model(*tensors, phase=phase)
+        loss = losses["loss"]
+        parts = {k: v.item() for k, v in losses.items() if k != "loss"}
         if not self.all_finite(loss):
             return self.skip(float("nan"), float("nan"), "loss")
         loss.backward()
@@ -89,7 +94,7 @@ class StepRunner:
         if self.ema is not None and self.ema_source is not None:
             self.ema.update(self.ema_source)
         self.nonfinite_in_a_row = 0
-        return StepResult(loss.item(), grad_norm.item(), applied=True)
+        return StepResult(loss.item(), grad_norm.item(), applied=True, parts=parts)
 
 
 class MetricsLog:
@@ -149,7 +154,7 @@ class TrainingLoop:
         if self.rank == 0:
             state = {
                 "format": ckpt.CHECKPOINT_FORMAT, "config": to_dict(config),
-                "stage": str(config.stage), "step": step, "model": self.model.state_dict(),
+                "stage": str(config.stage), "step": step, "model": self.model.checkpoint_state(),
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": {"name": "warmup_cosine", "step": step},
@@ -190,17 +195,28 @@ class TrainingLoop:
         step = self.state.step
         summary = {"step": step, "loss": last_loss, "out": str(self.out),
                    "checkpoint": str(ckpt.checkpoint_path(self.out, step))}
-        if config.test_shards and self.rank == 0:
-            from training.eval import evaluate_model
-            rows = evaluate_model(self.model, config, config.test_shards,
-                                  n_inputs=(config.data.n_in,), max_samples=config.eval_samples,
-                                  device=self.device)
-            for row in rows:
-                self.metrics.write({"step": step, "loss": row["loss"], "eval": row})
+        rows = self.evaluate()
+        if rows:
             summary["eval"] = rows
+        return summary
+
+    def evaluate(self) -> list[dict]:
+        """The held-out evaluation (`training.eval`) on rank 0, written to metrics.jsonl as
+        rows with an `eval` field; the other ranks wait. Its RNG use is its own (fixed seeds,
+        private generators), so evaluating does not change the training that follows."""
+        config, rows = self.config, []
+        if config.test_shards and self.rank == 0:
+            from training.eval import Evaluator
+            rng = ckpt.capture_rng()
+            rows = Evaluator(config, device=self.device).run(
+                self.model, config.test_shards, n_inputs=config.eval_inputs,
+                max_samples=config.eval_samples)
+            ckpt.restore_rng(rng)
+            for row in rows:
+                self.metrics.write({"step": self.state.step, "loss": row["loss"], "eval": row})
         if self.world > 1:
             torch.distributed.barrier()
-        return summary
+        return rows
 
     def _epochs(self, bar) -> float:
         config, state = self.config, self.state
@@ -217,7 +233,9 @@ class TrainingLoop:
                 batches += 1
                 self.stream_stats[stream] = batch["stats"]
                 self.shards_seen.update(batch["urls"])
-                result = self.runner(batch, lr_factor(state.step, config.optim, config.max_steps))
+                phase = phase_at(config, state.step)
+                result = self.runner(batch, lr_factor(state.step, config.optim, config.max_steps),
+                                     phase)
                 state.step += 1
                 step = state.step
                 state.data = {"epoch": epoch, "batches": batches, "positions": positions}
@@ -233,7 +251,9 @@ class TrainingLoop:
                 if result.applied and (step % config.log_every == 0 or step == config.max_steps):
                     elapsed = time.perf_counter() - window_start
                     self.metrics.write({
-                        "step": step, "loss": result.loss, "grad_norm": result.grad_norm,
+                        "step": step, "loss": result.loss, "phase": phase.name,
+                        **{f"{k}_loss": v for k, v in result.parts.items()},
+                        "grad_norm": result.grad_norm,
                         "lr": self.optimizer.param_groups[-1]["lr"], "epoch": epoch,
                         "samples_per_s": window_samples * self.world / max(elapsed, 1e-9),
                         "data": dict(zip(STATS_FIELDS, self.data_totals(), strict=False)),
@@ -241,6 +261,8 @@ class TrainingLoop:
                     window_start, window_samples = time.perf_counter(), 0
                 if step % config.ckpt_every == 0 or step == config.max_steps:
                     self.save()
+                if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
+                    self.evaluate()
                 if step >= config.max_steps:
                     break
             else:

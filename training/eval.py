@@ -1,14 +1,23 @@
-"""Held-out evaluation: `python -m training.eval --checkpoint C --shards URLS`.
+"""Held-out evaluation as the paper measures it:
+`python -m training.eval --checkpoint C --shards URLS [--arcface w600k_r50.onnx]`.
 
-For each number of input images (default 1, 3, 5, 7) one deterministic pass over the test shards
-reports the stage's reconstruction error of a view that is not among the inputs (per identity:
-one fixed order of its views, inputs = the first k, target = the last, so every k is scored on
-the same unseen view): the MTD's masked loss inside the face mask (fixed
-masks), or for a flow checkpoint the flow-matching loss at fixed noise and timesteps plus the L1
-error, inside the face mask, of faces regenerated from their half-noised targets. With
-`--arcface w600k_r50.onnx` it adds the ArcFace cosine similarity between regenerated and real
-targets (flow checkpoints). Pose error needs a head-pose model, which this trainer does not
-bundle: it is reported as missing rather than guessed.
+For each number of input images k (default 1, 3, 5, 7) one deterministic pass over the test
+shards; per identity one fixed order of its views, inputs = the first k, target = the last, so
+every k is scored on the same unseen view. Per decoder the checkpoint has:
+- `<dec>_loss`: the training loss at fixed masks / noise / timesteps;
+- a generated target, from the target's pose as the only context: the MTD reconstructs it from
+  its 5 % visible patches (the mask ratio it trained with); the flow decoder samples it from pure
+  noise conditioned on the target's five landmarks (no target pixels enter);
+- `<dec>_l1_face`: L1 error of the generation inside the face mask (pixels in [-1, 1]);
+- `<dec>_id_similarity` (with `--arcface`): cosine similarity of ArcFace embeddings of the
+  generated and the real target, both aligned by the 5-point similarity to ArcFace's template
+  (landmarks from mediapipe FaceMesh; where it finds no face, the record's `landmarks5` from the
+  build's detector; `<dec>_align_fallbacks` counts those);
+- `<dec>_pose_error` (mediapipe installed, not `--no-pose`): mean of |dyaw| + |dpitch| + |droll|
+  in degrees between FaceMesh + solvePnP head poses of generated and real target, over the pairs
+  where FaceMesh finds both faces (`<dec>_pose_pairs`; null when there are none).
+`loss` is the stage's objective (weighted sum for `joint`). Rows print as JSON lines; a table
+of the curves over k goes to stderr. During training, `--eval-every` runs the same evaluation.
 """
 
 from __future__ import annotations
@@ -16,107 +25,190 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from training import checkpoint as ckpt
-from training.config import Stage, TrainConfig
+from training.blocks import patchify, unpatchify
+from training.config import TrainConfig
 from training.data import EvalStream
 from training.model import OmniID, to_signed, to_unit
+from training.mtd import random_patch_mask
 
 
-class ArcFace:
-    """ArcFace recognizer ONNX (insightface `w600k_r50.onnx`): 112 x 112 RGB -> embedding."""
-
-    def __init__(self, path: str):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"ArcFace model not found: {path} (insightface buffalo_l's "
-                                    f"w600k_r50.onnx); omit --arcface to skip ID similarity")
-        import onnxruntime  # only eval with --arcface needs it
-        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.size = self.session.get_inputs()[0].shape[2]
-        if not isinstance(self.size, int):
-            self.size = 112
-
-    def embed(self, images: torch.Tensor) -> np.ndarray:
-        """images [M, 3, H, W] in [-1, 1], face crops; the centre is what ArcFace's crop covers."""
-        h = images.shape[-1]
-        margin = int(round(h * 0.1))  # FFHQ-style crops hold more forehead/background
-        crop = images[..., margin:h - margin, margin:h - margin]
-        crop = torch.nn.functional.interpolate(crop.float(), size=(self.size, self.size),
-                                               mode="bilinear", align_corners=False)
-        out = self.session.run(None, {self.input: crop.cpu().numpy().astype(np.float32)})[0]
-        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-8)
-
-
-def load_model(path: str, device: torch.device, prefer_ema: bool = True) -> tuple[OmniID,
-                                                                                 TrainConfig]:
+def load_model(path: str, device: torch.device | str, prefer_ema: bool = True,
+               flux_path: str = "") -> tuple[OmniID, TrainConfig]:
     state = ckpt.load(path)
     config = ckpt.saved_config(state)
+    if flux_path:  # the frozen FLUX weights moved since training
+        config.flow.flux_path = flux_path
     model = OmniID(config)
-    model.load_state_dict(state["model"])
+    model.load_checkpoint_state(state["model"])
     if prefer_ema and state.get("ema"):
         model.encoder.load_state_dict(state["ema"])
     return model.to(device).eval(), config
 
 
-@torch.no_grad()
-def evaluate_model(model: OmniID, config: TrainConfig, shards: str,
-                   n_inputs: tuple[int, ...] = (1, 3, 5, 7), max_samples: int | None = None,
-                   batch_size: int = 4, device: torch.device | str = "cpu", seed: int = 0,
-                   arcface: ArcFace | None = None, t_start: float = 0.5) -> list[dict]:
-    was_training = model.training
-    model.eval()
-    rows = []
-    for n_in in n_inputs:
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        stream = EvalStream(shards, config.data, batch_size, n_in=n_in, max_samples=max_samples,
-                            seed=seed)
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """[M, 3, H, W] in [-1, 1] -> uint8 [M, H, W, 3]."""
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class FaceScorer:
+    """ArcFace ID similarity and head-pose error of generated faces against real targets."""
+
+    def __init__(self, arcface_path: str = "", pose: bool = True):
+        from training import face_metrics as fm
+        self.fm = fm
+        self.arcface = fm.ArcFace(arcface_path) if arcface_path else None
+        self.mesh = None
+        self.note = ""
+        if pose or self.arcface is not None:
+            try:
+                self.mesh = fm.FaceMesh()
+            except ImportError as exc:  # pose needs it; alignment falls back to the records
+                self.note = str(exc)
+        self.pose = pose and self.mesh is not None
+
+    def points(self, image: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        mesh = self.mesh.landmarks(image) if self.mesh is not None else None
+        return mesh, (self.fm.five_points(mesh) if mesh is not None else None)
+
+    def score(self, generated: np.ndarray, real: np.ndarray, record_points: np.ndarray) -> dict:
+        """uint8 [M, H, W, 3] generated and real faces; record landmarks [M, 5, 2] in [0, 1]."""
+        fm, side = self.fm, real.shape[1]
+        default = fm.ARCFACE_TEMPLATE / 112.0 * side   # the crop taken as aligned already
+        sims, errors, fallbacks = [], [], 0
+        for gen, tgt, rec in zip(generated, real, record_points, strict=True):
+            mesh_t, pts_t = self.points(tgt)
+            mesh_g, pts_g = self.points(gen)
+            if pts_t is None:
+                fallbacks += 1
+                pts_t = rec * side if fm.usable_points(rec * side, side) else default
+            if pts_g is None:  # generated in the target's pose: its landmarks are the best guess
+                fallbacks += 1
+                pts_g = pts_t
+            if self.arcface is not None:
+                a = self.arcface.embed(fm.align(gen, pts_g)[None])
+                b = self.arcface.embed(fm.align(tgt, pts_t)[None])
+                sims.append(float((a * b).sum()))
+            if self.pose and mesh_t is not None and mesh_g is not None:
+                pose_t = fm.head_pose(mesh_t, side, side)
+                pose_g = fm.head_pose(mesh_g, side, side)
+                if pose_t is not None and pose_g is not None:
+                    errors.append(fm.pose_error(pose_g, pose_t))
+        return {"sims": sims, "errors": errors, "fallbacks": fallbacks}
+
+
+class Evaluator:
+    """The evaluation of the module doc for one model; `run` returns one row per k."""
+
+    def __init__(self, config: TrainConfig, device: torch.device | str = "cpu", seed: int = 0,
+                 batch_size: int = 4, arcface: str | None = None, pose: bool | None = None,
+                 sample_steps: int | None = None):
+        self.config, self.device, self.seed, self.batch_size = config, device, seed, batch_size
+        self.sample_steps = sample_steps
+        arcface = config.eval_arcface if arcface is None else arcface
+        self.scorer = FaceScorer(arcface, config.eval_pose if pose is None else pose)
+
+    @torch.no_grad()
+    def run(self, model: OmniID, shards: str, n_inputs: tuple[int, ...] = (1, 3, 5, 7),
+            max_samples: int | None = None) -> list[dict]:
+        was_training = model.training
+        model.eval()
+        rows = [self.pass_for(model, shards, n_in, max_samples) for n_in in n_inputs]
+        model.train(was_training)
+        return rows
+
+    def pass_for(self, model: OmniID, shards: str, n_in: int, max_samples: int | None) -> dict:
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        stream = EvalStream(shards, self.config.data, self.batch_size, n_in=n_in,
+                            max_samples=max_samples, seed=self.seed)
         sums: dict[str, float] = {}
+        scores: dict[str, dict] = {}
         count = 0
         for batch in DataLoader(stream, batch_size=None):
-            inputs, targets, masks = (batch[k].to(device) for k in ("inputs", "targets", "masks"))
-            ids = model.encoder(to_unit(inputs)).repeat_interleave(targets.shape[1], dim=0)
-            flat = to_signed(targets.flatten(0, 1))
-            face = (masks.flatten(0, 1) > 127).float()
-            values = {}
-            if model.stage == Stage.MTD:
-                hidden = _fixed_mask(model, flat.shape[0], generator).to(device)
-                values["loss"] = model.mtd.loss(ids, flat, face, hidden=hidden)["loss"].item()
-            else:
-                m = flat.shape[0]
-                t = torch.rand(m, generator=generator).to(device)
-                noise = torch.randn(flat.shape, generator=generator).to(device)
-                values["loss"] = model.flow.loss(ids, flat, t=t, noise=noise)["loss"].item()
-                sample_gen = torch.Generator(device=flat.device).manual_seed(seed)
-                regenerated = model.flow.sample(ids, tuple(flat.shape), generator=sample_gen,
-                                                start=flat, t_start=t_start)
-                err = ((regenerated - flat).abs() * face).sum() / (face.sum() * 3).clamp(min=1)
-                values["regen_l1_face"] = err.item()
-                if arcface is not None:
-                    a, b = arcface.embed(regenerated), arcface.embed(flat)
-                    values["arcface_similarity"] = float((a * b).sum(axis=1).mean())
-            n = inputs.shape[0]
+            values, faces = self.batch_values(model, batch, generator)
+            n = batch["inputs"].shape[0]
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value * n
             count += n
-        row = {"stage": str(model.stage), "n_in": n_in, "samples": count}
+            real = to_uint8_hwc(to_signed(batch["targets"].flatten(0, 1)))
+            points = batch["landmarks"].flatten(0, 1).numpy()
+            for name, generated in faces.items():
+                result = self.scorer.score(to_uint8_hwc(generated), real, points)
+                merged = scores.setdefault(name, {"sims": [], "errors": [], "fallbacks": 0})
+                merged["sims"] += result["sims"]
+                merged["errors"] += result["errors"]
+                merged["fallbacks"] += result["fallbacks"]
+        row: dict = {"stage": str(model.stage), "n_in": n_in, "samples": count}
         row.update({k: v / max(count, 1) for k, v in sums.items()})
         if count == 0:
             row["loss"] = None
+        for name, merged in scores.items():
+            if self.scorer.arcface is not None:
+                row[f"{name}_id_similarity"] = float(np.mean(merged["sims"]))
+                row[f"{name}_align_fallbacks"] = merged["fallbacks"]
+            row[f"{name}_pose_error"] = (float(np.mean(merged["errors"])) if merged["errors"]
+                                         else None)
+            row[f"{name}_pose_pairs"] = len(merged["errors"])
+        if self.scorer.note:
+            row["note"] = self.scorer.note
         row["skipped"] = stream.stats.samples_skipped + stream.stats.members_skipped
-        rows.append(row)
-    model.train(was_training)
-    return rows
+        return row
+
+    def batch_values(self, model: OmniID, batch: dict,
+                     generator: torch.Generator) -> tuple[dict[str, float], dict]:
+        device = self.device
+        inputs, targets, masks, landmarks = (batch[k].to(device) for k in
+                                             ("inputs", "targets", "masks", "landmarks"))
+        ids = model.encoder(to_unit(inputs)).repeat_interleave(targets.shape[1], dim=0)
+        flat = to_signed(targets.flatten(0, 1))
+        face = (masks.flatten(0, 1) > 127).float()
+        flat_landmarks = landmarks.flatten(0, 1)
+        values: dict[str, float] = {}
+        faces: dict[str, torch.Tensor] = {}
+        phase, total = model.default_phase, 0.0
+        if model.has_mtd:
+            mtd = model.mtd
+            hidden = random_patch_mask(flat.shape[0], mtd.num_patches, mtd.config.mask_ratio,
+                                       generator).to(device)
+            out = mtd.loss(ids, flat, face, hidden=hidden)
+            values["mtd_loss"] = out["loss"].item()
+            total += phase.mtd_weight * values["mtd_loss"]
+            # the visible 5 % stay the target's own patches (the pose context), the rest predicted
+            patches = patchify(flat, mtd.patch)
+            composed = torch.where(hidden.unsqueeze(-1), out["pred"].float(), patches)
+            faces["mtd"] = unpatchify(composed, mtd.patch, 3, flat.shape[-2], flat.shape[-1])
+        if model.has_flow:
+            m = flat.shape[0]
+            t = torch.rand(m, generator=generator).to(device)
+            noise = torch.randn(model.flow.latent_shape(m), generator=generator).to(device)
+            values["flow_loss"] = model.flow.loss(ids, flat, t=t, noise=noise,
+                                                  landmarks=flat_landmarks)["loss"].item()
+            total += phase.flow_weight * values["flow_loss"]
+            sample_gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            faces["flow"] = model.flow.sample(ids, flat_landmarks, steps=self.sample_steps,
+                                              generator=sample_gen)
+        values["loss"] = total
+        for name, generated in faces.items():
+            err = ((generated.float() - flat).abs() * face).sum() / (face.sum() * 3).clamp(min=1)
+            values[f"{name}_l1_face"] = err.item()
+        return values, faces
 
 
-def _fixed_mask(model: OmniID, m: int, generator: torch.Generator) -> torch.Tensor:
-    from training.mtd import random_patch_mask
-    return random_patch_mask(m, model.mtd.num_patches, model.mtd.config.mask_ratio, generator)
+def curve_table(rows: list[dict]) -> str:
+    """The metrics against k as a plain-text table."""
+    keys = [k for k in rows[0] if k.endswith(("_loss", "_l1_face", "_id_similarity",
+                                              "_pose_error"))] if rows else []
+    lines = ["k    " + "  ".join(f"{k:>20}" for k in keys)]
+    for row in rows:
+        cells = [("-" if row.get(k) is None else f"{row[k]:.4f}") for k in keys]
+        lines.append(f"{row['n_in']:<4} " + "  ".join(f"{c:>20}" for c in cells))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,11 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint-*.pt from training.train")
     p.add_argument("--shards", required=True, help="test shard URLs (brace patterns allowed)")
-    p.add_argument("--n-inputs", type=int, nargs="+", default=[1, 3, 5, 7],
+    p.add_argument("--n-inputs", type=int, nargs="+", default=list(TrainConfig().eval_inputs),
                    help="numbers of input images to evaluate")
     p.add_argument("--max-samples", type=int, help="identities per pass (default: all)")
     p.add_argument("--batch-size", type=int, default=4, help="identities per batch")
-    p.add_argument("--arcface", help="ArcFace ONNX (w600k_r50.onnx) for ID similarity")
+    p.add_argument("--arcface", default="", help="ArcFace ONNX (w600k_r50.onnx): ID similarity")
+    p.add_argument("--no-pose", action="store_true", help="skip FaceMesh head-pose error")
+    p.add_argument("--sample-steps", type=int, help="flow sampler steps (default: the config's)")
+    p.add_argument("--flux", default="", help="FLUX folder, if it moved since training")
     p.add_argument("--no-ema", action="store_true", help="use raw, not EMA, encoder weights")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the fixed masks / noise")
@@ -139,16 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = torch.device(args.device)
-    model, config = load_model(args.checkpoint, device, prefer_ema=not args.no_ema)
-    arcface = ArcFace(args.arcface) if args.arcface else None
-    rows = evaluate_model(model, config, args.shards, tuple(args.n_inputs), args.max_samples,
-                          args.batch_size, device, args.seed, arcface)
+    model, config = load_model(args.checkpoint, device, prefer_ema=not args.no_ema,
+                               flux_path=args.flux)
+    evaluator = Evaluator(config, device, args.seed, args.batch_size, arcface=args.arcface,
+                          pose=not args.no_pose, sample_steps=args.sample_steps)
+    rows = evaluator.run(model, args.shards, tuple(args.n_inputs), args.max_samples)
     for row in rows:
-        row["pose_error"] = None  # no head-pose model bundled with the trainer
         print(json.dumps(row))
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
+    print(curve_table(rows), file=sys.stderr)
     return 0
 
 

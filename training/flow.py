@@ -1,21 +1,18 @@
-"""Conditional flow-matching decoder: a small DiT with IP-Adapter-style identity attention.
+"""Conditional flow-matching decoders: the interface, and a small DiT with IP-Adapter-style
+identity attention (the CPU decoder; `training.flux` is the paper's FLUX + IP-Adapter).
 
-`ConditionalFlowDecoder` is the interface the trainer uses: `loss(id_tokens, targets)` and
-`sample(id_tokens, ...)`, on top of one method a decoder must provide, `velocity(x_t, t, ids)`,
-and a `codec` that maps images to the space the flow runs in.
+`ConditionalFlowDecoder` is what the trainer uses: `loss(id_tokens, targets, landmarks)` and
+`sample(id_tokens, landmarks)`, on top of what a decoder provides: `velocity(x_t, t, ids, pose)`,
+`latent_shape(m)`, and a `codec` that maps images in [-1, 1] to the space the flow runs in.
 
 Rectified flow: x_t = (1 - t) * x_0 + t * noise, the model predicts v = noise - x_0, timesteps are
 logit-normal (t = sigmoid(n), n ~ N(mean, std)), and the sampler integrates v with Euler steps from
-t = 1 (pure noise, or a partly noised image) down to t = 0.
+t = 1 (pure noise) down to t = 0.
 
-Extension point, the paper's decoder (FLUX.1-dev + IP-Adapter): subclass
-`ConditionalFlowDecoder`, set `codec` to a wrapper of FLUX's VAE (`encode` images in [-1, 1] ->
-scaled latents, `decode` back), and implement `velocity` by calling the frozen FLUX transformer
-with the fixed prompt's text embeddings ("photo of a person."), its guidance/timestep inputs and
-the packed latents, where every attention processor adds a trainable decoupled branch
-`softmax(q k_ip^T) v_ip` whose `k_ip`, `v_ip` project the Omni-ID tokens - exactly what
-`DecoupledCrossAttention` below does for the small DiT. The trainer, the loss, the sampler and the
-checkpoints need no change; only the decoder's parameters (the IP branches) and the encoder train.
+Pose context (`FlowConfig.pose_condition`): the target's five landmarks, drawn as one Gaussian map
+each at the flow's resolution, enter through a zero-initialised projection. The decoder learns the
+target's pose from them and nothing else about the target, so evaluation generates from pure
+noise in the target's pose with no leak of its pixels.
 """
 
 from __future__ import annotations
@@ -43,6 +40,20 @@ class PixelCodec(nn.Module):
 
 
 CODECS = {Latent.PIXEL: PixelCodec}
+
+
+POSE_SIGMA = 0.04   # landmark blob radius, in units of the image side
+POSE_CHANNELS = 5   # one map per landmark
+
+
+def landmark_maps(landmarks: torch.Tensor, size: int, sigma: float = POSE_SIGMA) -> torch.Tensor:
+    """[M, 5, 2] landmarks in [0, 1] (x, y) -> [M, 5, size, size] Gaussian maps (0 where NaN)."""
+    coords = (torch.arange(size, device=landmarks.device, dtype=torch.float32) + 0.5) / size
+    x, y = landmarks[..., 0:1].float(), landmarks[..., 1:2].float()       # [M, 5, 1]
+    gx = torch.exp(-((coords - x) ** 2) / (2 * sigma**2))                 # [M, 5, size]
+    gy = torch.exp(-((coords - y) ** 2) / (2 * sigma**2))
+    maps = gy.unsqueeze(-1) * gx.unsqueeze(-2)                            # [M, 5, size, size]
+    return torch.nan_to_num(maps, nan=0.0)
 
 
 def logit_normal_timesteps(n: int, mean: float, std: float, generator=None,
@@ -100,7 +111,7 @@ class DiTBlock(nn.Module):
 
 
 class ConditionalFlowDecoder(nn.Module):
-    """Interface: rectified-flow loss and Euler sampler over `velocity` and `codec`."""
+    """Interface: rectified-flow loss and Euler sampler over `velocity`, `latent_shape`, `codec`."""
 
     codec: nn.Module
 
@@ -108,48 +119,49 @@ class ConditionalFlowDecoder(nn.Module):
         super().__init__()
         self.config = config
 
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, id_tokens: torch.Tensor) -> torch.Tensor:
+    def latent_shape(self, m: int) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, id_tokens: torch.Tensor,
+                 landmarks: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def loss(self, id_tokens: torch.Tensor, targets: torch.Tensor,
              generator: torch.Generator | None = None,
              t: torch.Tensor | None = None,
-             noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """targets [M, 3, H, W] in [-1, 1]."""
-        x0 = self.codec.encode(targets)
+             noise: torch.Tensor | None = None,
+             landmarks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """targets [M, 3, H, W] in [-1, 1]; landmarks [M, 5, 2] in [0, 1] (pose context)."""
+        with torch.no_grad():  # the codec is fixed (identity or a frozen VAE)
+            x0 = self.codec.encode(targets)
         m = x0.shape[0]
         if t is None:
             t = logit_normal_timesteps(m, self.config.logit_mean, self.config.logit_std,
                                        generator, x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        tb = t.view(m, 1, 1, 1).to(x0.dtype)
+        tb = t.view(m, *([1] * (x0.dim() - 1))).to(x0.dtype)
         x_t = (1 - tb) * x0 + tb * noise
-        pred = self.velocity(x_t, t, id_tokens)
+        pred = self.velocity(x_t, t, id_tokens, landmarks)
         loss = (pred.float() - (noise - x0).float()).square().mean()
         return {"loss": loss}
 
     @torch.no_grad()
-    def sample(self, id_tokens: torch.Tensor, shape: tuple[int, ...], steps: int | None = None,
-               generator: torch.Generator | None = None, start: torch.Tensor | None = None,
-               t_start: float = 1.0) -> torch.Tensor:
-        """Generate images [M, 3, H, W] in [-1, 1] for identity tokens [M, N, D].
-
-        `start` (images in [-1, 1]) with `t_start` < 1 noises a given image to t_start first and
-        integrates from there: it keeps the pose and lighting of `start`, as in the training task.
-        """
+    def sample(self, id_tokens: torch.Tensor, landmarks: torch.Tensor | None = None,
+               steps: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generate images [M, 3, H, W] in [-1, 1] from pure noise for identity tokens [M, N, D],
+        in the pose of `landmarks` [M, 5, 2] when the decoder is pose-conditioned."""
         steps = steps or self.config.sample_steps
         device = id_tokens.device
-        noise = torch.randn(shape, generator=generator, device=device)
-        if start is None:
-            x, t_start = noise, 1.0
-        else:
-            x = (1 - t_start) * self.codec.encode(start) + t_start * noise
-        times = torch.linspace(t_start, 0.0, steps + 1, device=device)
+        shape = self.latent_shape(id_tokens.shape[0])
+        x = torch.randn(shape, generator=generator, device=generator.device if generator else device)
+        x = x.to(device)
+        times = torch.linspace(1.0, 0.0, steps + 1, device=device)
         for t_now, t_next in zip(times[:-1], times[1:], strict=False):
-            v = self.velocity(x, t_now.expand(shape[0]), id_tokens)
+            v = self.velocity(x, t_now.expand(shape[0]), id_tokens, landmarks)
             x = x + (t_next - t_now) * v.float()
-        return self.codec.decode(x).clamp(-1, 1)
+        return self.codec.decode(x).float().clamp(-1, 1)
 
 
 class DiTFlowDecoder(ConditionalFlowDecoder):
@@ -169,6 +181,8 @@ class DiTFlowDecoder(ConditionalFlowDecoder):
         self.time_mlp = nn.Sequential(nn.Linear(config.dim, config.dim), nn.SiLU(),
                                       nn.Linear(config.dim, config.dim))
         self.prompt = nn.Parameter(torch.randn(1, config.prompt_tokens, config.dim) * 0.02)
+        self.pose_embed = (nn.Linear(config.patch_size ** 2 * POSE_CHANNELS, config.dim)
+                           if config.pose_condition else None)
         self.blocks = nn.ModuleList(
             DiTBlock(config.dim, config.heads, id_dim, config.mlp_ratio, config.ip_scale)
             for _ in range(config.depth))
@@ -179,12 +193,22 @@ class DiTFlowDecoder(ConditionalFlowDecoder):
         for block in self.blocks:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(block.ada[-1].weight)
             nn.init.zeros_(block.ada[-1].bias)
-        for layer in (self.final_ada[-1], self.head):
+        zero_init = [self.final_ada[-1], self.head]
+        if self.pose_embed is not None:  # the pose path starts closed, as a ControlNet's does
+            zero_init.append(self.pose_embed)
+        for layer in zero_init:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, id_tokens: torch.Tensor) -> torch.Tensor:
+    def latent_shape(self, m: int) -> tuple[int, ...]:
+        return (m, self.channels, self.size, self.size)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, id_tokens: torch.Tensor,
+                 landmarks: torch.Tensor | None = None) -> torch.Tensor:
         x = self.patch_embed(patchify(x_t, self.patch)) + self.pos_embed
+        if self.pose_embed is not None and landmarks is not None:
+            maps = landmark_maps(landmarks, self.size).to(x.dtype)
+            x = x + self.pose_embed(patchify(maps, self.patch))
         c = self.time_mlp(timestep_embedding(t, x.shape[-1]).to(x.dtype))
         prompt = self.prompt.expand(x.shape[0], -1, -1)
         for block in self.blocks:

@@ -11,14 +11,23 @@ not depend on the order of the input images.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from training.blocks import CrossThenSelfTransformer, SelfAttentionBlock, init_weights
-from training.config import BackboneConfig, BackboneName, EncoderConfig, Stage, TrainConfig
-from training.flow import DiTFlowDecoder
+from training.config import (
+    BackboneConfig,
+    BackboneName,
+    EncoderConfig,
+    FlowConfig,
+    FlowDecoderKind,
+    Stage,
+    TrainConfig,
+)
+from training.flow import ConditionalFlowDecoder, DiTFlowDecoder
 from training.mtd import MaskedTransformerDecoder
 
 
@@ -171,34 +180,126 @@ def to_signed(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
+def build_flow_decoder(config: FlowConfig, id_dim: int, image_size: int) -> ConditionalFlowDecoder:
+    if config.decoder == FlowDecoderKind.FLUX:
+        from training.flux import FluxDecoder  # only FLUX runs need diffusers
+        return FluxDecoder(config, id_dim, image_size)
+    return DiTFlowDecoder(config, id_dim, image_size)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What one step trains: each loss's weight (0: not computed) and whether its gradient
+    reaches the encoder."""
+
+    name: str
+    mtd_weight: float
+    flow_weight: float
+    encoder_from_mtd: bool
+    encoder_from_flow: bool
+
+    @property
+    def trains_encoder(self) -> bool:
+        return self.encoder_from_mtd or self.encoder_from_flow
+
+
+def phase_at(config: TrainConfig, step: int) -> Phase:
+    """The objective of step `step` (0-based), a pure function of the config and the step, so a
+    resumed run follows the same schedule (see `ObjectiveConfig`)."""
+    o, stage = config.objective, Stage(config.stage)
+    train_encoder = not o.freeze_encoder
+    if stage == Stage.MTD:
+        return Phase("mtd", o.mtd_weight, 0.0, train_encoder, False)
+    start = o.mtd_warmup_steps if stage == Stage.JOINT else 0
+    mtd_weight = o.mtd_weight if stage == Stage.JOINT else 0.0
+    if step < start:
+        return Phase("mtd_warmup", o.mtd_weight, 0.0, train_encoder, False)
+    if step < start + o.decoder_warmup_steps:
+        return Phase("decoder_warmup", mtd_weight, o.flow_weight, train_encoder and mtd_weight > 0,
+                     False)
+    return Phase(str(stage), mtd_weight, o.flow_weight, train_encoder and mtd_weight > 0,
+                 train_encoder)
+
+
+def needs_unused_parameters(config: TrainConfig) -> bool:
+    """Whether some step leaves trainable parameters without a gradient (DDP must know)."""
+    o = config.objective
+    return (Stage(config.stage) == Stage.JOINT or o.freeze_encoder
+            or o.decoder_warmup_steps > 0)
+
+
 class OmniID(nn.Module):
-    """Omni-ID encoder plus the decoder of one training stage; forward returns the loss."""
+    """Omni-ID encoder plus the decoders of a training stage; forward returns the loss.
+
+    Stage `mtd` holds the MTD, `flow` the flow decoder, `joint` both; the step's `Phase` weights
+    the losses and decides which of them train the encoder (`phase_at`).
+    """
 
     def __init__(self, config: TrainConfig):
         super().__init__()
         self.stage = Stage(config.stage)
-        size = config.data.image_size
+        size, target = config.data.image_size, config.data.target_px
         self.encoder = OmniIDEncoder(config.backbone, config.encoder, size)
-        if self.stage == Stage.MTD:
-            self.mtd = MaskedTransformerDecoder(config.mtd, config.encoder.dim, size)
-        else:
-            self.flow = DiTFlowDecoder(config.flow, config.encoder.dim, size)
+        self.default_phase = phase_at(config, 10**12)  # the stage's steady-state objective
+        if self.stage in (Stage.MTD, Stage.JOINT):
+            self.mtd = MaskedTransformerDecoder(config.mtd, config.encoder.dim, target)
+        if self.stage in (Stage.FLOW, Stage.JOINT):
+            self.flow = build_flow_decoder(config.flow, config.encoder.dim, target)
 
-    def decoder(self) -> nn.Module:
-        return self.mtd if self.stage == Stage.MTD else self.flow
+    @property
+    def has_mtd(self) -> bool:
+        return hasattr(self, "mtd")
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor,
-                masks: torch.Tensor) -> torch.Tensor:
-        """inputs uint8 [B, n_in, 3, H, W], targets [B, T, 3, H, W], masks [B, T, 1, H, W]."""
-        return self.losses(inputs, targets, masks)["loss"]
+    @property
+    def has_flow(self) -> bool:
+        return hasattr(self, "flow")
 
-    def losses(self, inputs: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
-               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        ids = self.encoder(to_unit(inputs))
+    def frozen_keys(self) -> set[str]:
+        """State-dict entries that come from frozen base weights (FLUX), not from training."""
+        if self.has_flow:
+            return {f"flow.{k}" for k in getattr(self.flow, "frozen_keys", ())}
+        return set()
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The state a checkpoint stores: everything but the frozen base weights."""
+        frozen = self.frozen_keys()
+        return {k: v for k, v in self.state_dict().items() if k not in frozen}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = set(missing) - self.frozen_keys()
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit this model: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]} (same --preset and --stage?)")
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
+                landmarks: torch.Tensor | None = None, phase: Phase | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """inputs uint8 [B, n_in, 3, H, W], targets [B, T, 3, H', W'], masks [B, T, 1, H', W'],
+        landmarks [B, T, 5, 2] -> {"loss": the phase's weighted sum, "mtd": the MTD loss,
+        "flow": the flow loss} (the parts the phase computes)."""
+        phase = phase or self.default_phase
+        with torch.set_grad_enabled(torch.is_grad_enabled() and phase.trains_encoder):
+            ids = self.encoder(to_unit(inputs))
         n_tgt = targets.shape[1]
         ids = ids.repeat_interleave(n_tgt, dim=0)         # every target sees its identity
         flat_targets = to_signed(targets.flatten(0, 1))
-        if self.stage == Stage.MTD:
+        out: dict[str, torch.Tensor] = {}
+        total = None
+        if phase.mtd_weight > 0 and self.has_mtd:
             face = (masks.flatten(0, 1) > 127).float()
-            return self.mtd.loss(ids, flat_targets, face, generator)
-        return self.flow.loss(ids, flat_targets, generator)
+            mtd_ids = ids if phase.encoder_from_mtd else ids.detach()
+            out["mtd"] = self.mtd.loss(mtd_ids, flat_targets, face, generator)["loss"]
+            total = phase.mtd_weight * out["mtd"]
+        if phase.flow_weight > 0 and self.has_flow:
+            flow_ids = ids if phase.encoder_from_flow else ids.detach()
+            flat_landmarks = landmarks.flatten(0, 1) if landmarks is not None else None
+            out["flow"] = self.flow.loss(flow_ids, flat_targets, generator,
+                                         landmarks=flat_landmarks)["loss"]
+            term = phase.flow_weight * out["flow"]
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError(f"phase {phase.name!r} computes no loss for stage {self.stage}: "
+                             f"set a positive --mtd-weight / --flow-weight")
+        out["loss"] = total
+        return out

@@ -1,8 +1,12 @@
 """Train the Omni-ID encoder: `python -m training.train --preset tiny --stage mtd ...`.
 
-Stage `mtd` trains encoder + Masked Transformer Decoder; stage `flow` starts the encoder from an
-MTD checkpoint (`--init`) and trains it with the flow-matching decoder. Under `torchrun` every
-process trains on its own shards (DDP; gloo on CPU, nccl on CUDA).
+Stage `joint` (the paper's multi-decoder objective) trains the encoder with the Masked Transformer
+Decoder alone for `--mtd-warmup-steps`, then with the MTD and flow-matching losses together
+(`--mtd-weight`, `--flow-weight`; `--decoder-warmup-steps` first trains the flow decoder without
+its gradient reaching the encoder). The two-stage recipe: stage `mtd`, then stage `flow` from the
+MTD checkpoint (`--init`). `--decoder flux` uses frozen FLUX + IP-Adapter (`--flux`,
+`--prompt-embeds`); `dit` the small pixel DiT. Under `torchrun` every process trains on its own
+shards (DDP; gloo on CPU, nccl on CUDA).
 
 Outputs under `--out`: `checkpoint-<step>.pt` (torch.load(weights_only=True)), `metrics.jsonl`
 (rows with at least `step` and `loss`), `data-rank<r>.json` (shards seen, skipped samples).
@@ -30,6 +34,7 @@ from training.config import (
     ENCODER_SETTINGS,
     MODEL_SETTINGS,
     PRESETS,
+    FlowDecoderKind,
     ReconLoss,
     Stage,
     TrainConfig,
@@ -42,7 +47,7 @@ from training.config import (
 )
 from training.data import IdentityStream
 from training.engine import LoopState, NonFiniteLossError, StepRunner, TrainingLoop
-from training.model import OmniID
+from training.model import OmniID, needs_unused_parameters
 from training.optim import EMA, build_optimizer
 
 
@@ -68,7 +73,25 @@ FLAGS = (
     Flag("--warmup-steps", "optim.warmup_steps", "linear warmup steps"),
     Flag("--grad-clip", "optim.grad_clip", "max gradient norm (0: off)", float),
     Flag("--ema-decay", "optim.ema_decay", "EMA of encoder weights (0: off)", float),
-    Flag("--image-size", "data.image_size", "model resolution in pixels"),
+    Flag("--image-size", "data.image_size", "encoder input resolution in pixels"),
+    Flag("--target-size", "data.target_size", "decoder target resolution (0: --image-size)"),
+    Flag("--mtd-weight", "objective.mtd_weight", "weight of the MTD loss", float),
+    Flag("--flow-weight", "objective.flow_weight", "weight of the flow-matching loss", float),
+    Flag("--mtd-warmup-steps", "objective.mtd_warmup_steps",
+         "stage joint: steps with the MTD loss alone before the joint objective"),
+    Flag("--decoder-warmup-steps", "objective.decoder_warmup_steps",
+         "steps that train the flow decoder before its loss reaches the encoder"),
+    Flag("--freeze-encoder", "objective.freeze_encoder",
+         "keep the encoder fixed (train the decoders only)", bool),
+    Flag("--decoder", "flow.decoder", "flow-matching decoder", FlowDecoderKind,
+         tuple(FlowDecoderKind)),
+    Flag("--flux", "flow.flux_path", "local FLUX.1-dev folder (diffusers layout)", str),
+    Flag("--prompt-embeds", "flow.prompt_embeds",
+         "prompt embeddings file from `python -m training.prompt_embeds`", str),
+    Flag("--eval-every", "eval_every", "evaluate on --test-shards every N steps (0: at the end)"),
+    Flag("--eval-samples", "eval_samples", "held-out identities per evaluation"),
+    Flag("--eval-arcface", "eval_arcface", "ArcFace ONNX (w600k_r50.onnx) for ID similarity",
+         str),
     Flag("--workers", "data.workers", "DataLoader workers per process"),
     Flag("--shuffle-buffer", "data.shuffle_buffer", "samples in the shuffle buffer"),
     Flag("--samples-per-epoch", "data.samples_per_epoch", "samples per process and epoch"),
@@ -93,14 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training stage")
     p.add_argument("--shards", required=True,
                    help="training shard URLs: paths, brace patterns, file:, http(s)://, pipe:")
-    p.add_argument("--test-shards", default="", help="held-out shards for an eval at the end")
+    p.add_argument("--test-shards", default="",
+                   help="held-out shards, evaluated every --eval-every steps and at the end")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics)")
     p.add_argument("--init", default="", help="checkpoint whose encoder starts the flow stage")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     for flag in FLAGS:
         # no argparse default: an absent flag leaves the preset's value
-        p.add_argument(flag.name, type=flag.type, choices=flag.choices,
-                       help=f"{flag.help} (tiny: {get_setting(defaults, flag.setting)})")
+        shown = f"{flag.help} (tiny: {get_setting(defaults, flag.setting)})"
+        if flag.type is bool:
+            p.add_argument(flag.name, action="store_true", default=None, help=shown)
+        else:
+            p.add_argument(flag.name, type=flag.type, choices=flag.choices, help=shown)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -150,7 +177,7 @@ def adopt_architecture(config: TrainConfig, state: dict, settings: tuple[str, ..
 
 def restore(state: dict, model: OmniID, optimizer: torch.optim.Optimizer, ema: EMA | None,
             rank: int) -> LoopState:
-    model.load_state_dict(state["model"])
+    model.load_checkpoint_state(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if ema is not None and state.get("ema"):
         ema.module.load_state_dict(state["ema"])
@@ -194,7 +221,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     trained = model
     if world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=needs_unused_parameters(config))
     runner = StepRunner(trained, optimizer, config.optim, config.max_nonfinite, device, ema,
                         model.encoder, distributed=world > 1)
 

@@ -1,0 +1,140 @@
+"""The FLUX + IP-Adapter decoder on the real diffusers / transformers classes at a tiny random
+configuration written by the test (`_flux_helpers`): prompt embeddings, forward, loss, where the
+gradient goes, checkpoints and the sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from _flux_helpers import POOLED_WIDTH, TEXT_WIDTH, write_tiny_flux
+
+from training import checkpoint as ckpt
+from training.config import FlowDecoderKind, Stage, tiny
+from training.flux import MissingFluxWeightsError
+from training.model import OmniID, phase_at
+from training.optim import build_optimizer
+from training.prompt_embeds import main as prompt_main
+
+torch.set_num_threads(1)
+pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory) -> Path:
+    root = write_tiny_flux(tmp_path_factory.mktemp("flux"))
+    assert prompt_main(["--flux", str(root), "--out", str(root / "prompt.safetensors"),
+                        "--max-length", "16"]) == 0
+    return root
+
+
+def flux_config(flux_dir: Path, stage: Stage = Stage.FLOW):
+    config = tiny()
+    config.stage = stage
+    config.data.image_size = 32
+    config.flow.decoder = FlowDecoderKind.FLUX
+    config.flow.flux_path = str(flux_dir)
+    config.flow.prompt_embeds = str(flux_dir / "prompt.safetensors")
+    return config
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (2, 3, 3, 32, 32), generator=g, dtype=torch.uint8),
+            torch.randint(0, 256, (2, 2, 3, 32, 32), generator=g, dtype=torch.uint8),
+            torch.full((2, 2, 1, 32, 32), 255, dtype=torch.uint8),
+            torch.rand(2, 2, 5, 2, generator=g))
+
+
+def test_prompt_embeds_command_runs_the_real_text_encoders(flux_dir, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(flux_dir / "prompt.safetensors"), "pt") as f:
+        assert f.metadata()["prompt"] == "photo of a person."
+        embeds, pooled = f.get_tensor("prompt_embeds"), f.get_tensor("pooled_prompt_embeds")
+    assert embeds.shape == (1, 16, TEXT_WIDTH) and pooled.shape == (1, POOLED_WIDTH)
+    assert torch.isfinite(embeds).all() and embeds.std() > 0
+    other = tmp_path / "other.safetensors"
+    assert prompt_main(["--flux", str(flux_dir), "--out", str(other), "--max-length", "16",
+                        "--prompt", "a person"]) == 0
+    with safe_open(str(other), "pt") as f:
+        assert not torch.allclose(f.get_tensor("prompt_embeds"), embeds)
+
+
+def test_flux_decoder_trains_only_the_identity_branches_and_the_encoder(flux_dir):
+    torch.manual_seed(0)
+    config = flux_config(flux_dir)
+    model = OmniID(config)
+    trainable = {n for n, p in model.flow.named_parameters() if p.requires_grad}
+    assert trainable and all(".processor.to_k_ip." in n or ".processor.to_v_ip." in n
+                             or "x_embedder.pose." in n for n in trainable)
+    assert len(model.flow.transformer.transformer_blocks) == 1
+    optimizer = build_optimizer(model, config.optim)
+    phase = phase_at(config, 0)
+    for _ in range(2):  # the identity branch starts closed (to_v_ip = 0): one step opens it
+        optimizer.zero_grad(set_to_none=True)
+        out = model(*batch(), phase=phase)
+        assert set(out) == {"loss", "flow"} and torch.isfinite(out["loss"])
+        out["loss"].backward()
+        optimizer.step()
+    for name, p in model.flow.named_parameters():
+        if name in trainable:
+            assert p.grad is not None, name
+        else:
+            assert p.grad is None, f"frozen FLUX weight {name} got a gradient"
+    v_ip = next(p for n, p in model.flow.named_parameters() if ".to_v_ip.0.weight" in n)
+    assert v_ip.grad.abs().sum() > 0
+    assert model.encoder.queries.grad is not None and model.encoder.queries.grad.abs().sum() > 0
+
+
+def test_flux_checkpoint_round_trip_leaves_out_the_frozen_base(flux_dir, tmp_path):
+    torch.manual_seed(0)
+    config = flux_config(flux_dir, Stage.JOINT)
+    model = OmniID(config)
+    for name, p in model.flow.named_parameters():  # trained-looking adapter weights
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    state = model.checkpoint_state()
+    assert not any(k in state for k in model.frozen_keys())
+    assert any(".to_v_ip." in k for k in state) and "flow.prompt_embeds" in state
+    assert "flow.transformer.transformer_blocks.0.attn.to_q.weight" not in state
+    path = tmp_path / "model.pt"
+    ckpt.atomic_save({"format": ckpt.CHECKPOINT_FORMAT, "model": state}, path)
+    assert path.stat().st_size < 4 * sum(v.numel() for v in state.values()) + 200_000
+
+    torch.manual_seed(1)
+    again = OmniID(config)
+    again.load_checkpoint_state(ckpt.load(path)["model"])
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([0.3, 0.8])
+    ids, landmarks = torch.randn(2, 16, 64), torch.rand(2, 5, 2)
+    torch.testing.assert_close(again.flow.velocity(x, t, ids, landmarks),
+                               model.flow.velocity(x, t, ids, landmarks))
+    with pytest.raises(ValueError, match="missing"):
+        again.load_checkpoint_state({k: v for k, v in state.items() if ".to_v_ip." not in k})
+
+
+def test_flux_sampler_generates_images_from_noise_in_the_targets_pose(flux_dir):
+    torch.manual_seed(0)
+    model = OmniID(flux_config(flux_dir))
+    for p in model.flow.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    ids, landmarks = torch.randn(2, 16, 64), torch.rand(2, 5, 2)
+    images = model.flow.sample(ids, landmarks, steps=2, generator=torch.Generator().manual_seed(3))
+    again = model.flow.sample(ids, landmarks, steps=2, generator=torch.Generator().manual_seed(3))
+    assert images.shape == (2, 3, 32, 32) and images.abs().max() <= 1
+    torch.testing.assert_close(images, again)
+    moved = model.flow.sample(ids, landmarks.flip(1), steps=2,
+                              generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(moved, images)  # the pose maps reach the generation
+
+
+def test_missing_flux_folder_is_one_clear_error(tmp_path, flux_dir):
+    config = flux_config(tmp_path / "FLUX.1-dev")
+    with pytest.raises(MissingFluxWeightsError, match="FLUX.1-dev"):
+        OmniID(config)
+    config = flux_config(flux_dir)
+    config.flow.prompt_embeds = str(tmp_path / "none.safetensors")
+    with pytest.raises(MissingFluxWeightsError, match="training.prompt_embeds"):
+        OmniID(config)
