@@ -1,5 +1,5 @@
 """The FLUX + IP-Adapter decoder on the real diffusers / transformers classes at a tiny random
-configuration written by the test (`_flux_helpers`): prompt embeddings, forward, loss, where the
+configuration written by the test (`training.stand_ins`): prompt embeddings, forward, loss, where the
 gradient goes, checkpoints and the sampler."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _flux_helpers import POOLED_WIDTH, TEXT_WIDTH, write_tiny_flux
 
 from training import checkpoint as ckpt
 from training.config import FlowDecoderKind, Stage, tiny
@@ -16,6 +15,7 @@ from training.flux import MissingFluxWeightsError
 from training.model import OmniID, phase_at
 from training.optim import build_optimizer
 from training.prompt_embeds import main as prompt_main
+from training.stand_ins import POOLED_WIDTH, TEXT_WIDTH, write_tiny_flux
 
 torch.set_num_threads(1)
 pytest.importorskip("diffusers")
@@ -92,7 +92,7 @@ def test_flux_checkpoint_round_trip_leaves_out_the_frozen_base(flux_dir, tmp_pat
     torch.manual_seed(0)
     config = flux_config(flux_dir, Stage.JOINT)
     model = OmniID(config)
-    for name, p in model.flow.named_parameters():  # trained-looking adapter weights
+    for p in model.flow.parameters():  # trained-looking adapter weights
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.1)
     state = model.checkpoint_state()

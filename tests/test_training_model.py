@@ -146,3 +146,68 @@ def test_missing_backbone_weights_is_one_clear_error(tmp_path):
     config = BackboneConfig(name="timm", timm_name="vit_tiny_patch16_224", weights=str(missing))
     with pytest.raises(MissingWeightsError, match="vit_huge_patch14_clip_224.pth"):
         build_backbone(config, image_size=64)
+
+
+def open_clip_file(path, layers: int) -> dict[str, torch.Tensor]:
+    """A stand-in open_clip ViT-H-14 checkpoint (`torch.save`d state dict, as released)."""
+    from training.stand_ins import open_clip_vit_layout
+
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(shape, generator=g) * 0.02
+             for k, shape in open_clip_vit_layout(layers=layers).items()}
+    torch.save(state, path)
+    return state
+
+
+def test_full_open_clip_vit_h_layout_maps_onto_every_timm_weight():
+    """All 32 blocks of ViT-H-14, on the meta device: every open_clip `visual.*` tensor lands on
+    a timm weight of the same shape and every timm weight is covered."""
+    timm = pytest.importorskip("timm")
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    from training.stand_ins import open_clip_vit_layout
+    with torch.device("meta"):
+        model = timm.create_model("vit_huge_patch14_clip_224", pretrained=False, num_classes=0)
+        state = {k: torch.empty(shape) for k, shape in open_clip_vit_layout().items()}
+    converted = checkpoint_filter_fn(state, model)
+    converted = {k: v for k, v in converted.items() if not k.startswith("head.")}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == expected
+    assert len(expected) == 7 + 12 * 32   # cls, pos, conv (no bias), 2 norms; 12 per block
+
+
+def test_timm_backbone_loads_an_open_clip_vit_h_checkpoint(tmp_path):
+    """The CLIP-H loading path on an open_clip-layout file; 2 of ViT-H's 32 blocks keep CI small,
+    every key name and per-layer shape is the full model's (the test above checks all 32)."""
+    pytest.importorskip("timm")
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    state = open_clip_file(path, layers=2)
+    config = BackboneConfig(name="timm", timm_name="vit_huge_patch14_clip_224", weights=str(path),
+                            timm_depth=2)
+    backbone = build_backbone(config, image_size=224)
+    model = backbone.model
+    assert len(model.blocks) == 2 and model.embed_dim == 1280
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight,
+                               state["visual.transformer.resblocks.1.attn.in_proj_weight"])
+    torch.testing.assert_close(model.blocks[0].mlp.fc2.weight,
+                               state["visual.transformer.resblocks.0.mlp.c_proj.weight"])
+    torch.testing.assert_close(model.patch_embed.proj.weight, state["visual.conv1.weight"])
+    torch.testing.assert_close(model.cls_token[0, 0], state["visual.class_embedding"])
+    torch.testing.assert_close(model.pos_embed[0], state["visual.positional_embedding"])
+    torch.testing.assert_close(model.norm.weight, state["visual.ln_post.weight"])
+    with torch.no_grad():
+        tokens = backbone(torch.rand(1, 3, 224, 224))
+    assert tokens.shape == (1, 256, 1280)   # 16 x 16 patches of 14 px, class token dropped
+
+
+def test_timm_backbone_loads_a_safetensors_file(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    config = BackboneConfig(name="timm", timm_name="vit_tiny_patch16_224", weights=str(path))
+    backbone = build_backbone(config, image_size=224)
+    torch.testing.assert_close(backbone.model.blocks[2].mlp.fc1.weight,
+                               source.blocks[2].mlp.fc1.weight)

@@ -62,6 +62,7 @@ class BackboneName(enum.StrEnum):
 class BackboneConfig:
     name: BackboneName = BackboneName.VIT_SCRATCH
     timm_name: str = ""                # for name == "timm": a timm model name
+    timm_depth: int = 0                # timm: fewer blocks than the model's (tests); 0 = all
     weights: str = ""                  # local weight file for timm backbones ("" = random init)
     patch_size: int = 8                # vit_scratch only
     width: int = 96                    # vit_scratch only

@@ -96,14 +96,20 @@ class MissingWeightsError(FileNotFoundError):
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A torch state dict file, read without unpickling arbitrary objects."""
+    """A state dict from a `.safetensors` file (timm's hub format) or a torch file (open_clip's
+    `open_clip_pytorch_model.bin`, a `torch.save`d state dict), read without unpickling
+    arbitrary objects."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(
-            f"backbone weight file not found: {path}. Put the timm/open_clip state dict there "
-            f"(e.g. the `timm/vit_huge_patch14_clip_224.laion2b` weights saved with torch.save) "
-            f"or pass --backbone-weights PATH; pass --backbone-weights '' only for a random "
-            f"init (benchmarks).")
+            f"backbone weight file not found: {path}. Put the CLIP ViT-H/14 weights there: "
+            f"timm's `vit_huge_patch14_clip_224.laion2b` model.safetensors, or open_clip's "
+            f"ViT-H-14 laion2b_s32b_b79k open_clip_pytorch_model.bin (its `visual.*` keys are "
+            f"converted), or pass --backbone-weights PATH; --backbone-weights '' only for a "
+            f"random init (benchmarks).")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("state_dict", "model", "params"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
@@ -118,8 +124,9 @@ class TimmViT(Backbone):
         import timm  # only real runs need timm; CPU tests with vit_scratch do not
         from timm.models.vision_transformer import checkpoint_filter_fn
 
+        depth = {"depth": config.timm_depth} if config.timm_depth else {}
         model = timm.create_model(config.timm_name, pretrained=False, num_classes=0,
-                                  img_size=image_size)
+                                  img_size=image_size, **depth)
         data_config = timm.data.resolve_model_data_config(model)
         super().__init__(mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
         if config.weights:
