@@ -12,13 +12,13 @@ $(STAMP): pyproject.toml scripts/setup_env.sh scripts/fix_torchvision_cpu.py
 	bash scripts/setup_env.sh
 
 demo: $(STAMP)
-	$(PY) -m curation.demo --workdir $(DEMO)
+	$(PY) -m mfhq demo --workdir $(DEMO)
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check curation training tests bench scripts
+	$(PY) -m ruff check curation training mfhq mfhq_contract tests bench scripts
 
 clean-demo:
 	rm -rf $(DEMO)

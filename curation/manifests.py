@@ -1,4 +1,4 @@
-"""Parquet manifests of an MFHQ build: explicit versioned schemas, atomic part writers, readers.
+"""Parquet manifests of an MFHQ build: explicit versioned schemas and the names of their parts.
 
 Layout under the manifests folder:
 
@@ -9,19 +9,18 @@ Layout under the manifests folder:
     shards.parquet                      one row per written shard
     run.json, plan.json                 run record and the shard plan (with the config hash)
 
-Each folder reads as one dataset (`pd.read_parquet("manifests/faces")`); temporary files start
-with "." so dataset readers skip them. Every part carries `mfhq.table` and
+This module holds the schemas and the part naming only; reading and writing go through
+`curation.build_folder`. Each folder reads as one dataset (`pd.read_parquet("manifests/faces")`);
+temporary files start with "." so dataset readers skip them. Every part carries `mfhq.table` and
 `mfhq.schema_version` in its schema metadata; shard parts also carry the shard's sha256.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
@@ -144,16 +143,6 @@ def to_table(name: str, rows: list[dict[str, Any]], extra_metadata: dict[bytes, 
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file under a hidden temporary name, fsync it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def part_name(shard: str) -> str:
     """Manifest part file name of a shard given as 'train/mfhq-train-000000.tar'."""
     split, base = shard.split("/", 1)
@@ -166,14 +155,6 @@ def part_paths(manifests_dir: Path, shard: str) -> dict[str, Path]:
     return {table: manifests_dir / table / name for table in TABLES}
 
 
-def write_shard_parts(manifests_dir: Path, shard: str, shard_sha256: str,
-                      rows: dict[str, list[dict[str, Any]]]) -> None:
-    """Write the clips/faces/identities parts of one shard; each records the shard's sha256."""
-    meta = {META_SHARD_SHA256: shard_sha256.encode(), META_SHARD: shard.encode()}
-    for table, path in part_paths(manifests_dir, shard).items():
-        write_table_atomic(to_table(table, rows.get(table, []), meta), path)
-
-
 def part_shard_sha256(path: Path) -> str | None:
     """The shard sha256 recorded in a part's metadata, or None if unreadable/absent."""
     try:
@@ -182,42 +163,3 @@ def part_shard_sha256(path: Path) -> str | None:
         return None
     value = meta.get(META_SHARD_SHA256)
     return value.decode() if value else None
-
-
-def read_table(manifests_dir: Path | str, name: str) -> pa.Table:
-    """One manifest table (all its parts) with its declared schema; empty if none written."""
-    manifests_dir = Path(manifests_dir)
-    schema = SCHEMAS[name]
-    if name == "shards":
-        path = manifests_dir / "shards.parquet"
-        return pq.read_table(path, schema=schema) if path.exists() else schema.empty_table()
-    folder = manifests_dir / name
-    if not folder.is_dir() or not any(folder.glob("*.parquet")):
-        return schema.empty_table()
-    return pads.dataset(folder, schema=schema, format="parquet").to_table()
-
-
-def read_frame(manifests_dir: Path | str, name: str):
-    """A manifest table as a pandas DataFrame."""
-    return read_table(manifests_dir, name).to_pandas()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -49,6 +49,39 @@ class Reason(StrEnum):
     WORKER_CRASHED = "worker_crashed"                # the worker process died each time it analysed this clip
 
 
+class SourceKind(StrEnum):
+    """The datasets a build reads (`--source KIND=DIR`), in the order commands list them."""
+
+    CELEBVHQ = "celebvhq"
+    CELEBVTEXT = "celebvtext"
+    VFHQ = "vfhq"
+    TALKINGHEAD1KH = "talkinghead1kh"
+    FOLDER = "folder"         # one subfolder of videos per identity
+
+
+class Status(StrEnum):
+    """The status of a record in the manifests (stable strings, like `Reason`).
+
+    Clips are ok, skipped (usable file, nothing to take) or failed (the file cannot be used);
+    faces found by the analysis are candidates or rejected; identities are kept or dropped.
+    """
+
+    OK = "ok"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    CANDIDATE = "candidate"
+    REJECTED = "rejected"
+    KEPT = "kept"
+    DROPPED = "dropped"
+
+
+# Reasons a face is rejected by the analysis, before selection; every other face row of the
+# faces manifest is a usable candidate (selected, or not_selected / not_scored, or dropped
+# with its identity).
+FACE_REJECTIONS = frozenset({Reason.FACE_TOO_SMALL, Reason.NOT_TARGET_PERSON,
+                             Reason.AMBIGUOUS_TARGET, Reason.LANDMARKS_FAILED})
+
+
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 SAFE_ID_MAX = 100
 
@@ -78,13 +111,13 @@ class ClipRecord:
     the raw video, with `start_sec/end_sec` and `bbox_hint` from the metadata).
     """
 
-    source: str                      # celebvhq | vfhq | talkinghead1kh | celebvtext | folder
+    source: str                      # a SourceKind value
     clip_id: str                     # safe id (see safe_id), unique within the source
     original_clip_id: str            # as written in the metadata / file name
     identity_id: str                 # global identity id, e.g. "yt:<ytid>", "vfhq:<vid>:P<pid>"
     source_video_id: str             # the split is assigned by a stable hash of this
     video_path: str | None           # absolute path to an mp4, or to a folder of frames (VFHQ)
-    status: str = "ok"               # ok | skipped | failed
+    status: str = Status.OK          # Status.OK | SKIPPED | FAILED
     reason: str | None = None        # a Reason value when status != ok
     message: str = ""                # human-readable detail
     start_sec: float | None = None   # time range inside the video (None: from the start/to the end)
@@ -99,7 +132,7 @@ class ClipRecord:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == Status.OK
 
     def to_row(self) -> dict[str, Any]:
         """A flat dict for the `clips` manifest (extra is JSON-encoded by the writer)."""

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from curation.faces.quality import TOPIQ_FACE_FILE
+
 SCRFD_STRIDES = (8, 16, 32)
 SCRFD_ANCHORS = 2
 ARCFACE_SIZE = 112
 ARCFACE_DIM = 512
-TOPIQ_FACE_FILE = "topiq_nr_cgfiqa_res50-0a8b8e4f.pth"
 OPSET = 13
 
 
@@ -137,7 +138,7 @@ def write_topiq_stand_in(dir_or_path: str | Path, seed: int = 0) -> Path:
     """
     import torch
 
-    from curation.quality import build_topiq_face_network
+    from curation.faces.quality import build_topiq_face_network
 
     target = Path(dir_or_path)
     if target.suffix != ".pth":

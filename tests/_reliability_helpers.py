@@ -78,7 +78,7 @@ def planned_shards(output: Path) -> list[str]:
 
 
 def shard_hashes(output: Path) -> dict[str, str]:
-    from curation.shard_writer import file_sha256
+    from curation.build_folder import file_sha256
 
     shards = output / "shards"
     return {str(p.relative_to(shards)): file_sha256(p) for p in sorted(shards.glob("*/*.tar"))}
@@ -86,11 +86,11 @@ def shard_hashes(output: Path) -> dict[str, str]:
 
 def manifest_rows(output: Path) -> dict[str, list[str]]:
     """Every manifest table as a sorted list of canonical JSON rows (order-independent)."""
-    from curation import manifests
+    from curation import build_folder, manifests
 
     tables = {}
     for name in (*manifests.TABLES, "shards"):
-        frame = manifests.read_frame(output / "manifests", name)
+        frame = build_folder.read_manifest(output / "manifests", name)
         frame = frame.drop(columns=[c for c in TIMING_COLUMNS if c in frame.columns])
         rows = [json.dumps(_plain(row), sort_keys=True, default=str)
                 for row in frame.to_dict("records")]
@@ -117,7 +117,7 @@ def visible_problems(output: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     from curation import manifests
-    from curation.shard_writer import file_sha256
+    from curation.build_folder import file_sha256
 
     problems = []
     for tar in sorted((output / "shards").glob("*/mfhq-*.tar")):

@@ -2,7 +2,7 @@
 
 Faces: skimage's astronaut, insightface's Tom Hanks sample and six faces of its `t1.jpg` group
 photo. Each identity gets 8 views with a small random rotation, scale, shift, brightness change
-and mirror, plus an elliptical face mask, written exactly as `training/sample_format.py` says,
+and mirror, plus an elliptical face mask, written exactly as `mfhq_contract/__init__.py` says,
 so the curation build's real shards can replace these files without changing a test.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
-from training.sample_format import (
+from mfhq_contract import (
     FORMAT_VERSION,
     IMAGES_PER_IDENTITY,
     JSON_EXT,

@@ -1,7 +1,7 @@
 """Small hand-made dataset layouts for the source adapter tests.
 
 Adapters never decode, so a "video" here is any non-empty file; the layouts follow
-/work/shared/datasets.md.
+the README's "Sources and how identities are formed".
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from curation.records import ClipRecord
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"   # a real CelebV-Text excerpt
 CELEBVTEXT_SAMPLE = FIXTURES / "celebvtext_info-sample.json"
 
 

@@ -13,9 +13,9 @@ RAY_TEST_CPUS = 2
 
 @dataclass
 class DemoBuild:
-    paths: object          # curation.demo.DemoPaths: workdir, corpus, output, shards, manifests
+    paths: object          # mfhq.demo.DemoPaths: workdir, corpus, output, shards, manifests
     corpus: dict           # the corpus summary (corpus.json): identities, clips, bad_inputs
-    summary: object        # curation.runner.BuildSummary of the first build
+    summary: object        # curation.build.runner.BuildSummary of the first build
     shard_sha256: dict[str, str]   # shard path (relative to shards/) -> sha256 after the build
 
     @property
@@ -30,7 +30,7 @@ class DemoBuild:
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
     """(DemoPaths, corpus summary) for the demo corpus with bad inputs, built once."""
-    from curation.demo import build_corpus, demo_paths
+    from mfhq.demo import build_corpus, demo_paths
 
     paths = demo_paths(tmp_path_factory.mktemp("demo"))
     return paths, build_corpus(paths, seed=0)
@@ -52,9 +52,9 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def demo_build(demo_corpus, ray_local) -> DemoBuild:
-    """The demo build (exactly the flags of `python -m curation.demo`), run once."""
-    from curation.demo import run_demo_build
-    from curation.shard_writer import file_sha256
+    """The demo build (exactly the flags of `python -m mfhq.demo`), run once."""
+    from curation.build_folder import file_sha256
+    from mfhq.demo import run_demo_build
 
     paths, corpus = demo_corpus
     summary = run_demo_build(paths, ["--no-progress"])

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from curation.config import BuildConfig, build_parser, parse_args
+from curation.build.config import BuildConfig, build_parser, parse_args
+from curation.build.shard import ShardBuilder
+from curation.build_folder import BuildFolder
 from curation.records import ClipRecord, Reason
-from curation.shard_build import BuilderSettings, ShardBuilder
 
 REPO = Path(__file__).resolve().parent.parent
 ISSUE_FLAGS = [
@@ -42,7 +43,9 @@ def test_arguments_map_to_the_config():
                          "--ray-address", "auto", "--quality-model", "piqe"])
     assert config.sources == [("celebvhq", "/a"), ("vfhq", "/b")]
     assert config.shards_dir == Path("o/shards") and config.manifests_dir == Path("o/manifests")
-    assert (config.min_face_size, config.pose_clusters, config.limit) == (300, 10, 3)
+    assert (config.analysis.min_face_size, config.selection.pose_clusters,
+            config.plan.limit) == (300, 10, 3)
+    assert config.ray.address == "auto" and config.quality.model == "piqe"
     assert BuildConfig(sources=[("folder", "x")]).shards_dir == Path("shards")
 
 
@@ -114,11 +117,10 @@ def _clip() -> ClipRecord:
 @pytest.fixture(scope="module")
 def builder(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("builder")
-    settings = BuilderSettings(shards_dir=str(tmp / "s"), manifests_dir=str(tmp / "m"),
-                               quality_model="piqe", clip_time_limit_s=0.0,
-                               analysis={"face_detector": "mediapipe", "min_face_size": 64,
-                                         "crop_size": 64})
-    b = ShardBuilder(settings)
+    config = parse_args(["--source", f"folder={tmp}", "--quality-model", "piqe",
+                         "--clip-time-limit", "0", "--face-detector", "mediapipe",
+                         "--min-face-size", "64", "--crop-size", "64"])
+    b = ShardBuilder(config, BuildFolder(str(tmp)))
     yield b
     b.close()
 
@@ -127,17 +129,17 @@ def test_a_clip_that_raises_is_recorded_and_the_builder_goes_on(builder):
     builder._fresh_analyzer()
     builder._analyzer = _ExplodingAnalyzer()
     outcome = builder.analyze(_clip())
-    assert outcome["status"] == "failed" and outcome["reason"] == Reason.INTERNAL_ERROR
-    assert "decoder crashed on c" in outcome["message"]
+    assert outcome.status == "failed" and outcome.reason == Reason.INTERNAL_ERROR
+    assert "decoder crashed on c" in outcome.message
     # The real analyzer still works for the next clip (a missing file is its own reason).
     builder._analyzer = None
     nxt = builder.analyze(_clip())
-    assert nxt["status"] == "failed" and nxt["reason"] != Reason.INTERNAL_ERROR
+    assert nxt.status == "failed" and nxt.reason != Reason.INTERNAL_ERROR
 
 
 def test_a_clip_past_its_time_limit_is_a_timeout_and_the_analyzer_is_replaced(builder,
                                                                            monkeypatch):
-    import curation.shard_build as shard_build
+    import curation.build.shard as shard_build
 
     monkeypatch.setattr(shard_build, "TIMEOUT_GRACE_S", 0.5)
     builder._fresh_analyzer()
@@ -145,6 +147,6 @@ def test_a_clip_past_its_time_limit_is_a_timeout_and_the_analyzer_is_replaced(bu
     builder._analyzer = stuck
     outcome = builder.analyze(_clip())
     stuck.release.set()
-    assert outcome["reason"] == Reason.VIDEO_TIMEOUT and outcome["status"] == "failed"
+    assert outcome.reason == Reason.VIDEO_TIMEOUT and outcome.status == "failed"
     assert builder._analyzer is None          # a fresh one is made for the next clip
     assert builder.scorer.score([np.zeros((64, 64, 3), np.uint8)]).shape == (1,)

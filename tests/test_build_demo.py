@@ -14,12 +14,13 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from curation import manifests
-from curation.demo import run_demo_build
+from curation import build_folder
+from curation.build.runner import format_summary, run_build
+from curation.build_folder import file_sha256
+from curation.errors import BuildRefused
 from curation.records import safe_id
-from curation.runner import BuildRefused, format_summary, run_build
-from curation.shard_writer import file_sha256
-from training.sample_format import FORMAT_VERSION, image_ext, mask_ext
+from mfhq.demo import run_demo_build
+from mfhq_contract import FORMAT_VERSION, image_ext, mask_ext
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +43,9 @@ def test_demo_build_succeeds_and_keeps_identities(demo_build):
 
 
 def test_shards_hold_8_decodable_crops_and_masks_matching_the_manifests(demo_build):
-    faces = manifests.read_frame(demo_build.manifests_dir, "faces")
-    idents = manifests.read_frame(demo_build.manifests_dir, "identities").set_index("key")
-    shards = manifests.read_frame(demo_build.manifests_dir, "shards")
+    faces = build_folder.read_manifest(demo_build.manifests_dir, "faces")
+    idents = build_folder.read_manifest(demo_build.manifests_dir, "identities").set_index("key")
+    shards = build_folder.read_manifest(demo_build.manifests_dir, "shards")
     assert sorted(shards["path"]) == sorted(demo_build.shard_sha256)
     n_samples = 0
     for row in shards.itertuples():
@@ -83,8 +84,8 @@ def test_shards_hold_8_decodable_crops_and_masks_matching_the_manifests(demo_bui
 
 
 def test_selected_faces_span_8_clusters_with_median_quality_at_least_candidates(demo_build):
-    faces = manifests.read_frame(demo_build.manifests_dir, "faces")
-    idents = manifests.read_frame(demo_build.manifests_dir, "identities")
+    faces = build_folder.read_manifest(demo_build.manifests_dir, "faces")
+    idents = build_folder.read_manifest(demo_build.manifests_dir, "identities")
     kept = idents[idents.status == "kept"]
     assert len(kept)
     for ident in kept.itertuples():
@@ -104,13 +105,13 @@ def test_selected_faces_span_8_clusters_with_median_quality_at_least_candidates(
 
 
 def test_every_face_and_clip_has_a_status_or_reason(demo_build):
-    faces = manifests.read_frame(demo_build.manifests_dir, "faces")
-    clips = manifests.read_frame(demo_build.manifests_dir, "clips")
+    faces = build_folder.read_manifest(demo_build.manifests_dir, "faces")
+    clips = build_folder.read_manifest(demo_build.manifests_dir, "clips")
     assert (faces.selected | faces.reason.notna()).all()
     assert not (faces.selected & faces.reason.notna()).any()
     assert clips["status"].isin(["ok", "skipped", "failed"]).all()
     assert clips.loc[clips.status != "ok", "reason"].notna().all()
-    idents = manifests.read_frame(demo_build.manifests_dir, "identities")
+    idents = build_folder.read_manifest(demo_build.manifests_dir, "identities")
     # Clips of dropped identities are in the manifest too.
     for ident in idents[idents.status == "dropped"].itertuples():
         assert (clips.identity_id == ident.identity_id).sum() == ident.n_clips
@@ -128,8 +129,8 @@ def _clip_rows_for(bad: dict, clips):
 
 
 def test_every_bad_input_is_a_manifest_row_with_its_reason(demo_build):
-    clips = manifests.read_frame(demo_build.manifests_dir, "clips")
-    faces = manifests.read_frame(demo_build.manifests_dir, "faces")
+    clips = build_folder.read_manifest(demo_build.manifests_dir, "clips")
+    faces = build_folder.read_manifest(demo_build.manifests_dir, "faces")
     bad_inputs = demo_build.corpus["bad_inputs"]
     assert bad_inputs
     problems = []
@@ -172,7 +173,7 @@ def test_rerun_changes_nothing_and_a_lost_shard_is_rebuilt_identically(demo_buil
 
 
 def test_a_different_config_into_the_same_output_is_refused(demo_build):
-    from curation.demo import demo_config
+    from mfhq.demo import demo_config
 
     config = demo_config(demo_build.paths, ["--no-progress", "--seed", "7"])
     with pytest.raises(BuildRefused, match="--overwrite"):
@@ -184,8 +185,8 @@ def test_a_different_config_into_the_same_output_is_refused(demo_build):
 def test_every_selected_face_is_the_clips_own_person(demo_build):
     """Against the corpus's per-frame ground truth: each selected face lies on the target
     person's face, never on a bystander's (two people under one identity would poison it)."""
-    faces = manifests.read_frame(demo_build.manifests_dir, "faces")
-    clips = manifests.read_frame(demo_build.manifests_dir, "clips")
+    faces = build_folder.read_manifest(demo_build.manifests_dir, "faces")
+    clips = build_folder.read_manifest(demo_build.manifests_dir, "clips")
     original = {(r.source, r.clip_id): r.original_clip_id for r in clips.itertuples()
                 if not r.is_raw}
     truth_file = {(c["source"], c["clip_id"]): c["groundtruth"] for c in demo_build.corpus["clips"]

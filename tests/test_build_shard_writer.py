@@ -1,4 +1,4 @@
-"""Deterministic, atomic tar shards (curation/shard_writer.py), read back with webdataset."""
+"""Deterministic, atomic tar shards (curation/build/tar_writer.py), read back with webdataset."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from curation.shard_writer import (
+from curation.build.tar_writer import (
     Sample,
     commit_shard,
     encode_jpeg,
     encode_json,
     encode_png_mask,
-    file_sha256,
     stage_shard,
     write_shard,
 )
-from training.sample_format import image_ext, mask_ext
+from curation.build_folder import file_sha256
+from mfhq_contract import image_ext, mask_ext
 
 
 def _samples(seed: int = 0) -> list[Sample]:

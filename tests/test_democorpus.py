@@ -22,7 +22,7 @@ from curation.democorpus import build_demo_corpus, main
 from curation.democorpus.plan import CorpusPlan
 from curation.records import Reason, safe_id
 
-FIXTURE_CELEBVTEXT = Path("/work/shared/fixtures/celebvtext_info-sample.json")
+FIXTURE_CELEBVTEXT = Path(__file__).resolve().parent / "fixtures" / "celebvtext_info-sample.json"
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 VFHQ_NAME = re.compile(r"^Clip\+([A-Za-z0-9_-]{11})\+P(\d+)\+C(\d+)\+F(\d+)-(\d+)$")
 MIN_FACE_SIZE = 160

@@ -233,7 +233,7 @@ def make_summary(plan: CorpusPlan, identities: list[Identity], with_bad: bool) -
             "Identities named '<person>_variant<k>' are the same real person as <person> with "
             "a mirrored/colour-shifted/re-cropped face and another background: benchmark "
             "filler, not new people.",
-            "identity_key is the identity rule of datasets.md applied to the metadata: "
+            "identity_key is the identity rule of each source (README, Sources) applied to the metadata: "
             "yt:<ytb_id> (CelebV-HQ, CelebV-Text, TalkingHead-1KH), vfhq:<vid>:P<pid>, "
             "folder:<sub-folder>.",
             "small_video_tubes.txt repeats a line of train_video_tubes.txt, as subsets do.",

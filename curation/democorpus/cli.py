@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,12 @@ class DemoCorpusConfig:
     identities: int = 0          # total wanted; 0 = the real faces only
     workers: int | None = None
     clip_seconds: float | None = None     # None = the default 3.52 s
+    verbose: bool = False        # library output on the terminal instead of OUT.democorpus.log
 
 
-def parse_args(argv: list[str] | None = None) -> DemoCorpusConfig:
+def parse_args(argv: list[str] | None = None, prog: str = "mfhq democorpus") -> DemoCorpusConfig:
     parser = argparse.ArgumentParser(
-        prog="python -m curation.democorpus",
+        prog=prog,
         description="Build the demo corpus: videos of real faces (from photos shipped in our "
                     "dependencies) with simulated head motion, laid out like CelebV-HQ, "
                     "CelebV-Text, VFHQ, TalkingHead-1KH and a plain folder source.")
@@ -40,25 +40,30 @@ def parse_args(argv: list[str] | None = None) -> DemoCorpusConfig:
     parser.add_argument("--clip-seconds", type=float, default=None, metavar="S",
                         help="length of the good clips in seconds (default 3.52; real datasets "
                              "have 3-60 s clips); head motion repeats its sweeps over the clip")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show library output (mediapipe) on the terminal instead of in "
+                             "OUT.democorpus.log beside the corpus")
     args = parser.parse_args(argv)
-    return DemoCorpusConfig(args.out, args.seed, args.with_bad_inputs, args.size,
-                            args.identities, args.workers, args.clip_seconds)
+    return DemoCorpusConfig(**vars(args))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "mfhq democorpus") -> int:
     from curation.democorpus.build import build_demo_corpus
     from curation.democorpus.faces_source import SourceFaceError
+    from curation.quiet import quiet_terminal, terminal
 
-    config = parse_args(argv)
+    config = parse_args(argv, prog)
     started = time.perf_counter()
-    try:
-        summary = build_demo_corpus(config.out, config.seed, config.with_bad_inputs, config.size,
-                                    extra_identities=0, workers=config.workers,
-                                    total_identities=config.identities,
-                                    clip_seconds=config.clip_seconds)
-    except (SourceFaceError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    log = config.out.parent / f"{config.out.name}.democorpus.log"
+    with quiet_terminal(log, enabled=not config.verbose):
+        try:
+            summary = build_demo_corpus(config.out, config.seed, config.with_bad_inputs,
+                                        config.size, extra_identities=0, workers=config.workers,
+                                        total_identities=config.identities,
+                                        clip_seconds=config.clip_seconds)
+        except (SourceFaceError, FileExistsError, ValueError) as error:
+            print(f"error: {error}", file=terminal())
+            return 2
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in config.out.rglob("*") if p.is_file())
     print(f"demo corpus in {config.out}: {len(summary['identities'])} identities, "

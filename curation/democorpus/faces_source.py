@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from curation.decoding import read_image_rgb
+from curation.faces.decoding import read_image_rgb
 
 # Five FaceMesh points in image order: eye at image-left, eye at image-right, nose tip,
 # mouth corner at image-left, mouth corner at image-right (eyes: mean of the two corners).

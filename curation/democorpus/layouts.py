@@ -1,6 +1,6 @@
 """Good clips of one identity, laid out the way each dataset's users hold them on disk.
 
-See /work/shared/datasets.md (and the README) for the official layouts. Every function adds the
+See the README ("Sources and how identities are formed") for the official layouts. Every function adds the
 scenes to render, the metadata entries and the corpus.json records of one identity.
 """
 

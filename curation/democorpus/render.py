@@ -293,7 +293,7 @@ class PngDirWriter:
 
     def write(self, rgb: np.ndarray) -> None:
         # Pillow, not cv2.imwrite: cv2's PNG path breaks once decord is loaded (see
-        # curation.decoding.read_image_rgb).
+        # curation.faces.decoding.read_image_rgb).
         Image.fromarray(rgb).save(self._dir / f"{self._index:08d}.png", format="PNG")
         self._index += 1
 

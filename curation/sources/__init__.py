@@ -16,31 +16,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 
-from curation.records import ClipRecord
+from curation.errors import SourceError
+from curation.records import ClipRecord, SourceKind
 from curation.sources import celebvhq, celebvtext, folder, talkinghead1kh, vfhq
 from curation.sources.common import FileIndex, build_index
 
-SOURCE_KINDS: tuple[str, ...] = ("celebvhq", "vfhq", "talkinghead1kh", "celebvtext", "folder")
-
+# One registry: each kind's adapter module (enumerate_clips, LICENSE, SOURCE).
+_MODULES = {SourceKind.CELEBVHQ: celebvhq, SourceKind.CELEBVTEXT: celebvtext,
+            SourceKind.VFHQ: vfhq, SourceKind.TALKINGHEAD1KH: talkinghead1kh,
+            SourceKind.FOLDER: folder}
+SOURCE_KINDS: tuple[str, ...] = tuple(kind.value for kind in SourceKind)
 _ADAPTERS: dict[str, Callable[[FileIndex], Iterator[ClipRecord]]] = {
-    "celebvhq": celebvhq.enumerate_clips,
-    "vfhq": vfhq.enumerate_clips,
-    "talkinghead1kh": talkinghead1kh.enumerate_clips,
-    "celebvtext": celebvtext.enumerate_clips,
-    "folder": folder.enumerate_clips,
-}
-
-LICENSES: dict[str, str] = {
-    "celebvhq": celebvhq.LICENSE,
-    "vfhq": vfhq.LICENSE,
-    "talkinghead1kh": talkinghead1kh.LICENSE,
-    "celebvtext": celebvtext.LICENSE,
-    "folder": folder.LICENSE,
-}
-
-
-class SourceError(Exception):
-    """A whole source cannot be enumerated (unknown kind, root missing or not a folder)."""
+    kind.value: module.enumerate_clips for kind, module in _MODULES.items()}
+LICENSES: dict[str, str] = {kind.value: module.LICENSE for kind, module in _MODULES.items()}
 
 
 def enumerate_source(kind: str, root: str | os.PathLike) -> Iterator[ClipRecord]:
@@ -54,7 +42,7 @@ def enumerate_source(kind: str, root: str | os.PathLike) -> Iterator[ClipRecord]
     if not os.path.isdir(root_path):
         what = "does not exist" if not os.path.exists(root_path) else "is not a folder"
         raise SourceError(f"source root {root_path} for {kind} {what}; pass the folder that "
-                          f"holds the dataset (see datasets.md for each layout)")
+                          f"holds the dataset (the README's Sources section shows each layout)")
     return _ADAPTERS[kind](build_index(root_path))
 
 

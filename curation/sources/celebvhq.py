@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from curation.records import ClipRecord
+from curation.records import ClipRecord, SourceKind
 from curation.sources.common import (
     EntryProblem,
     FileIndex,
@@ -26,7 +26,7 @@ from curation.sources.common import (
     tblr_box,
 )
 
-SOURCE = "celebvhq"
+SOURCE = SourceKind.CELEBVHQ.value
 LICENSE = "CelebV-HQ (non-commercial research, see dataset terms)"
 METADATA_NAME = "celebvhq_info.json"
 

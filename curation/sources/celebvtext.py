@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from curation.records import ClipRecord
+from curation.records import ClipRecord, SourceKind
 from curation.sources.common import (
     UNREADABLE_ERRORS,
     EntryProblem,
@@ -39,7 +39,7 @@ from curation.sources.common import (
     tblr_box,
 )
 
-SOURCE = "celebvtext"
+SOURCE = SourceKind.CELEBVTEXT.value
 LICENSE = "CelebV-Text (non-commercial research, see dataset terms)"
 METADATA_NAME = "celebvtext_info.json"
 MAX_TEXT_BYTES = 256 * 1024

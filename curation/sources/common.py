@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from curation.records import ClipRecord, Reason, safe_id
+from curation.records import ClipRecord, Reason, Status, safe_id
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -32,7 +32,7 @@ MAX_METADATA_BYTES = 512 * 1024 * 1024
 class EntryProblem(Exception):
     """One metadata entry cannot become an "ok" record; the adapter turns it into a record."""
 
-    def __init__(self, reason: Reason, message: str, status: str = "failed"):
+    def __init__(self, reason: Reason, message: str, status: str = Status.FAILED):
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -264,7 +264,7 @@ def unreadable_metadata(source: str, where: str, file_name: str, error: object,
     """
     return ClipRecord(
         source=source, clip_id=safe_id(file_name), original_clip_id=writable(file_name),
-        identity_id="", source_video_id="", video_path=None, status="failed",
+        identity_id="", source_video_id="", video_path=None, status=Status.FAILED,
         reason=Reason.METADATA_UNREADABLE.value, message=writable(f"{where}: {error}"[:500]),
         license=license_,
     )
@@ -288,7 +288,7 @@ def internal_error_record(source: str, original_id: str, error: Exception,
     """A record for an entry whose parsing hit a bug: enumeration of the others goes on."""
     return ClipRecord(
         source=source, clip_id=safe_id(original_id), original_clip_id=writable(original_id),
-        identity_id="", source_video_id="", video_path=None, status="failed",
+        identity_id="", source_video_id="", video_path=None, status=Status.FAILED,
         reason=Reason.INTERNAL_ERROR.value,
         message=writable(f"{type(error).__name__}: {error}"[:500]),
         license=license_,
@@ -297,7 +297,7 @@ def internal_error_record(source: str, original_id: str, error: Exception,
 
 def missing_video(names: Iterable[str], index: FileIndex) -> EntryProblem:
     messages = "; ".join(index.missing_message(name) for name in names)
-    return EntryProblem(Reason.VIDEO_MISSING, messages, status="skipped")
+    return EntryProblem(Reason.VIDEO_MISSING, messages, status=Status.SKIPPED)
 
 
 class EntryTable:

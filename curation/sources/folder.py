@@ -11,7 +11,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 
-from curation.records import ClipRecord, safe_id
+from curation.records import ClipRecord, SourceKind, safe_id
 from curation.sources.common import (
     VIDEO_EXTENSIONS,
     FileIndex,
@@ -21,7 +21,7 @@ from curation.sources.common import (
     unreadable_metadata,
 )
 
-SOURCE = "folder"
+SOURCE = SourceKind.FOLDER.value
 LICENSE = "folder (user-provided)"
 
 

@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from curation.records import ClipRecord, safe_id
+from curation.records import ClipRecord, SourceKind, safe_id
 from curation.sources.common import (
     MAX_METADATA_BYTES,
     UNREADABLE_ERRORS,
@@ -31,7 +31,7 @@ from curation.sources.common import (
     unreadable_metadata,
 )
 
-SOURCE = "talkinghead1kh"
+SOURCE = SourceKind.TALKINGHEAD1KH.value
 LICENSE = "TalkingHead-1KH (CC-BY source videos)"
 TUBES_SUFFIX = "_video_tubes.txt"
 ARCHIVE_NAME = "data_list.zip"

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from curation.records import ClipRecord, safe_id
+from curation.records import ClipRecord, SourceKind, safe_id
 from curation.sources.common import (
     UNREADABLE_ERRORS,
     EntryProblem,
@@ -30,7 +30,7 @@ from curation.sources.common import (
     unreadable_metadata,
 )
 
-SOURCE = "vfhq"
+SOURCE = SourceKind.VFHQ.value
 LICENSE = "VFHQ (research use, see dataset terms)"
 NAME_PREFIX = "Clip+"
 NAME_SUFFIX = ".txt"

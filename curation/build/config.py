@@ -1,0 +1,287 @@
+"""Configuration of an MFHQ build: one nested `BuildConfig` tree, and the command line on top.
+
+Each stage owns its settings and their one default, and receives its own section whole:
+
+    BuildConfig             sources, output folder, takedown list, overwrite, progress, verbose
+      .plan     PlanConfig       (curation.build.plan)      shards, test split, --limit
+      .analysis AnalysisConfig   (curation.faces.analysis)  sampling, detector, face size, crop
+      .quality  QualityConfig    (curation.faces.quality)   model, weights, batch size
+      .selection SelectionConfig (curation.build.selection) N faces, pose clusters, scoring
+      .ray      RayConfig        (here)                     cluster address, CPUs, GPUs, actors
+
+Every flag of `mfhq build` is a field: its argparse `dest` is "section.field", so the parser
+fills the tree without a hand-written copy. Settings that change what the build produces are
+hashed into `config_hash` and recorded in plan.json, so a rerun into the same output folder with
+different values is refused; `RUNTIME_ONLY` lists those that only change how it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.build.plan import PlanConfig
+from curation.build.selection import SelectionConfig
+from curation.build_folder import BuildFolders, file_sha256_or_none
+from curation.faces.analysis import AnalysisConfig
+from curation.faces.detection import DetectorKind
+from curation.faces.quality import QualityConfig, QualityModel
+from curation.sources import SOURCE_KINDS
+
+SOURCE_KINDS_HELP = ", ".join(SOURCE_KINDS)
+
+# Settings that do not change the build's output: left out of the config hash.
+RUNTIME_ONLY = frozenset({"output", "overwrite", "progress", "verbose", "ray",
+                          "quality.batch_size"})
+
+
+@dataclass
+class RayConfig:
+    """Where and how wide the build runs (never changes its output)."""
+
+    address: str | None = None          # None: an embedded local Ray; 'auto' or host:port: join
+    num_cpus: int | None = None         # embedded Ray only (default: all)
+    num_gpus: int | None = None         # embedded Ray only (default: all visible)
+    actors: int | None = None           # shard builders (default: one per CPU of the cluster)
+    gpus_per_actor: float | None = None  # default: GPUs / actors when the cluster has GPUs
+
+
+@dataclass
+class BuildConfig(BuildFolders):
+    """All settings of one MFHQ build (see `build_parser` for the meaning of each)."""
+
+    sources: list[tuple[str, str]] = field(default_factory=list)   # (kind, directory)
+    output: str | None = None
+    takedown: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+    verbose: bool = False
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def validate(self) -> None:
+        """Raise ValueError with a user-facing message for settings that cannot work."""
+        a, s, p = self.analysis, self.selection, self.plan
+        if not self.sources:
+            raise ValueError("no --source given: pass at least one KIND=DIR "
+                             f"(kinds: {SOURCE_KINDS_HELP})")
+        if s.images_per_identity < 1:
+            raise ValueError("--images-per-identity must be >= 1")
+        if s.pose_clusters < s.images_per_identity:
+            raise ValueError(f"--pose-clusters ({s.pose_clusters}) must be at least "
+                             f"--images-per-identity ({s.images_per_identity}): each selected "
+                             "face comes from a different pose cluster")
+        if s.scored_per_cluster < 1:
+            raise ValueError("--scored-per-cluster must be >= 1")
+        if not 0.0 <= p.test_fraction <= 1.0:
+            raise ValueError("--test-fraction must be between 0 and 1")
+        if p.identities_per_shard < 1:
+            raise ValueError("--identities-per-shard must be >= 1")
+        if a.sample_fps <= 0 or a.crop_size < 16 or a.min_face_size < 1:
+            raise ValueError("--sample-fps must be > 0, --crop-size >= 16, --min-face-size >= 1")
+        if self.quality.model not in set(QualityModel):
+            raise ValueError(f"--quality-model must be one of {[m.value for m in QualityModel]}")
+        if a.face_detector not in set(DetectorKind):
+            raise ValueError(f"--face-detector must be one of {[d.value for d in DetectorKind]}")
+        if p.limit is not None and p.limit < 1:
+            raise ValueError("--limit must be >= 1")
+
+    def resolved_sources(self) -> list[tuple[str, str]]:
+        return [(kind, str(Path(path).expanduser().resolve())) for kind, path in self.sources]
+
+    def output_affecting(self) -> dict[str, Any]:
+        """The settings that determine the build's output, JSON-able, paths resolved."""
+        values = self.to_json()
+        for name in RUNTIME_ONLY:
+            section, _, key = name.partition(".")
+            if key:
+                values[section].pop(key, None)
+            else:
+                values.pop(section, None)
+        for name in ("shards_dir", "manifests_dir", "logs_dir"):
+            values.pop(name, None)
+        values["sources"] = [list(s) for s in self.resolved_sources()]
+        values["takedown_sha256"] = file_sha256_or_none(self.takedown)
+        values["takedown"] = str(Path(self.takedown).resolve()) if self.takedown else None
+        if self.quality.weights:
+            values["quality"]["weights"] = str(Path(self.quality.weights).resolve())
+        return values
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.output_affecting(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["sources"] = [list(s) for s in self.sources]
+        values["shards_dir"] = str(self.shards_dir)
+        values["manifests_dir"] = str(self.manifests_dir)
+        values["logs_dir"] = str(self.logs_dir)
+        return json.loads(json.dumps(values, default=str))
+
+
+def _source_arg(text: str) -> tuple[str, str]:
+    kind, sep, path = text.partition("=")
+    if not sep or not kind or not path:
+        raise argparse.ArgumentTypeError(f"--source expects KIND=DIR, got {text!r} "
+                                         f"(kinds: {SOURCE_KINDS_HELP})")
+    return kind.strip().lower(), path
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' only where there is a meaningful default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
+    """The command line of `mfhq build` (= curation/build_mfhq.py); every flag's dest is the
+    field of the config tree it sets ("section.field", or a top-level field)."""
+    d = BuildConfig()
+    a, q, s, p = d.analysis, d.quality, d.selection, d.plan
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Build the MFHQ dataset: read face-video datasets, pick "
+            f"{s.images_per_identity} pose-diverse, high-quality aligned faces per identity, "
+            "and write WebDataset shards plus Parquet manifests. Runs on an embedded local Ray "
+            "by default, or on a cluster with --ray-address auto (see curation/cluster.yaml). "
+            "Rerunning with the same arguments resumes: finished shards are kept."),
+        formatter_class=_HelpFormatter,
+    )
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument("--source", dest="sources", action="append", type=_source_arg, default=[],
+                    metavar="KIND=DIR",
+                    help=f"a dataset to read; repeat for several. KIND is one of "
+                         f"{SOURCE_KINDS_HELP} ('folder': one subfolder of videos per identity)")
+    io.add_argument("--output", default=None, metavar="DIR",
+                    help="write shards to DIR/shards, manifests to DIR/manifests and "
+                         "third-party log output to DIR/logs (default: ./shards, ./manifests, "
+                         "./logs)")
+    io.add_argument("--takedown", default=None, metavar="FILE",
+                    help="text file of ids to exclude, one per line ('#' comments): identity "
+                         "ids, source video ids (e.g. YouTube ids), clip ids or SOURCE:CLIP_ID")
+    io.add_argument("--overwrite", action="store_true",
+                    help="allow a different configuration to replace an existing build in the "
+                         "output folder (its shards and manifests are deleted)")
+
+    sel = parser.add_argument_group("face selection")
+    sel.add_argument("--min-face-size", dest="analysis.min_face_size", type=int,
+                     default=a.min_face_size, metavar="PX",
+                     help="reject faces whose box side is smaller than PX in the source frame")
+    sel.add_argument("--images-per-identity", dest="selection.images_per_identity", type=int,
+                     default=s.images_per_identity, metavar="N",
+                     help="faces per identity, each from a different pose cluster")
+    sel.add_argument("--pose-clusters", dest="selection.pose_clusters", type=int,
+                     default=s.pose_clusters, metavar="K",
+                     help="k-means clusters over (yaw, pitch, roll) per identity; must be >= "
+                          "--images-per-identity; capped by the number of candidates")
+    sel.add_argument("--scored-per-cluster", dest="selection.scored_per_cluster", type=int,
+                     default=s.scored_per_cluster, metavar="N",
+                     help="candidates per pose cluster (the sharpest) that the quality model "
+                          "scores; the rest are recorded as not_scored")
+    sel.add_argument("--sample-fps", dest="analysis.sample_fps", type=float,
+                     default=a.sample_fps, metavar="F",
+                     help="frames sampled per second of video (uniform in time)")
+    sel.add_argument("--max-frames-per-clip", dest="analysis.max_frames_per_clip", type=int,
+                     default=a.max_frames_per_clip, metavar="N",
+                     help="upper bound on sampled frames per clip")
+    sel.add_argument("--detect-max-side", dest="analysis.detect_max_side", type=int,
+                     default=a.detect_max_side, metavar="PX",
+                     help="longest side of the downscaled frame used for face detection")
+    sel.add_argument("--crop-size", dest="analysis.crop_size", type=int, default=a.crop_size,
+                     metavar="PX", help="side of the aligned square face crops and masks")
+    sel.add_argument("--clip-time-limit", dest="analysis.clip_time_limit_s", type=float,
+                     default=a.clip_time_limit_s, metavar="SEC",
+                     help="per-clip time limit for decoding and analysis (video_timeout)")
+
+    models = parser.add_argument_group("models")
+    models.add_argument("--quality-model", dest="quality.model",
+                        choices=[m.value for m in QualityModel], default=q.model.value,
+                        help="face quality model (pyiqa); topiq_nr-face needs its weights "
+                             "file, piqe needs none")
+    models.add_argument("--quality-weights", dest="quality.weights", default=None,
+                        metavar="PATH", help="TOPIQ weights file (default: pyiqa's location "
+                                             "under $TORCH_HOME/hub/pyiqa/)")
+    models.add_argument("--quality-batch-size", dest="quality.batch_size", type=int,
+                        default=q.batch_size, metavar="N",
+                        help="crops per quality-model forward pass")
+    models.add_argument("--face-detector", dest="analysis.face_detector",
+                        choices=[k.value for k in DetectorKind], default=a.face_detector.value,
+                        help="insightface SCRFD (needs buffalo_l/det_10g.onnx) or mediapipe "
+                             "(bundled, no download)")
+    models.add_argument("--insightface-root", dest="analysis.insightface_root", default=None,
+                        metavar="DIR", help="insightface model root holding models/buffalo_l/ "
+                                            "(default: ~/.insightface)")
+
+    split = parser.add_argument_group("splits and shards")
+    split.add_argument("--identities-per-shard", dest="plan.identities_per_shard", type=int,
+                       default=p.identities_per_shard, metavar="N",
+                       help="identities (samples) per tar shard")
+    split.add_argument("--test-fraction", dest="plan.test_fraction", type=float,
+                       default=p.test_fraction, metavar="P",
+                       help="fraction of source videos held out for the test split (by a "
+                            "stable hash of the source video id)")
+    split.add_argument("--seed", dest="selection.seed", type=int, default=s.seed, metavar="S",
+                       help="seed for pose clustering")
+    split.add_argument("--limit", dest="plan.limit", type=int, default=None, metavar="N",
+                       help="process only the first N identities (sorted by id): smoke runs")
+
+    run = parser.add_argument_group("execution (Ray)")
+    run.add_argument("--ray-address", dest="ray.address", default=None, metavar="ADDRESS",
+                     help="join a running Ray cluster ('auto' or host:port); default: start an "
+                          "embedded local Ray sized to this machine")
+    run.add_argument("--num-cpus", dest="ray.num_cpus", type=int, default=None, metavar="N",
+                     help="CPUs for the embedded local Ray (default: all)")
+    run.add_argument("--num-gpus", dest="ray.num_gpus", type=int, default=None, metavar="N",
+                     help="GPUs for the embedded local Ray (default: all visible)")
+    run.add_argument("--actors", dest="ray.actors", type=int, default=None, metavar="N",
+                     help="shard-building actors, each holding its own models (default: one "
+                          "per CPU of the Ray cluster)")
+    run.add_argument("--gpus-per-actor", dest="ray.gpus_per_actor", type=float, default=None,
+                     metavar="G",
+                     help="GPU share per actor when the cluster has GPUs (default: GPUs/actors)")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="hide the progress bar (shown on stderr unless this flag is given; "
+                          "progress=%(default)s)")
+    run.add_argument("--verbose", action="store_true",
+                     help="show every library's log output on the terminal too (default: it "
+                          "goes to OUTPUT/logs/, the terminal shows our progress and summary)")
+    return parser
+
+
+def config_from_namespace(ns: argparse.Namespace) -> BuildConfig:
+    """The config tree from parsed arguments whose dests are 'section.field' or 'field'."""
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for dest, value in vars(ns).items():
+        section, _, name = dest.partition(".")
+        if name:
+            sections.setdefault(section, {})[name] = value
+        else:
+            top[dest] = value
+    kinds = {f.name: f.default_factory for f in dataclasses.fields(BuildConfig)
+             if f.name in sections}
+    return BuildConfig(**top, **{s: kinds[s](**values) for s, values in sections.items()})
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "mfhq build") -> BuildConfig:
+    """Parse the command line into a validated BuildConfig (exits with usage on bad input)."""
+    parser = build_parser(prog)
+    config = config_from_namespace(parser.parse_args(argv))
+    try:
+        config.validate()
+    except ValueError as err:
+        parser.error(str(err))
+    return config

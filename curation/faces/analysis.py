@@ -1,0 +1,339 @@
+"""Per-clip face analysis: sampled decoding -> detection -> the clip's own person -> FaceMesh
+landmarks -> head pose -> aligned crop + face mask -> cheap sharpness pre-rank.
+
+`FaceAnalyzer.analyze_clip` never raises for bad input: every problem becomes a `ClipAnalysis`
+with status "failed" (the file cannot be used) or "skipped" (usable file, nothing to take) and a
+`Reason`. Only faces with status "candidate" carry a crop and a mask; memory per clip is bounded
+by one chunk of full-resolution frames plus the candidates' crops.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from curation.faces.align import (
+    aligned_crop,
+    alignment_matrix,
+    face_mask,
+    five_points,
+    transform_points,
+)
+from curation.faces.decoding import (
+    DecodeError,
+    FrameSource,
+    VideoInfo,
+    frame_range,
+    iter_frame_chunks,
+    open_frames,
+    resize_max_side,
+    sample_indices,
+)
+from curation.faces.detection import (
+    Box,
+    Detection,
+    DetectorKind,
+    ambiguous_target,
+    face_size,
+    make_detector,
+    select_target,
+)
+from curation.faces.landmarks import FaceMeshLandmarker, face_oval_indices
+from curation.faces.pose import head_pose
+from curation.records import ClipRecord, Reason, Status
+
+CANDIDATE, REJECTED = Status.CANDIDATE, Status.REJECTED
+SHARPNESS_SIDE = 256
+HINT_MIN_INSIDE = 0.5   # a hint with less than half its area inside the frame is unusable
+
+
+@dataclass
+class AnalysisConfig:
+    sample_fps: float = 2.0           # frames sampled per second of clip, uniform in time
+    max_frames_per_clip: int = 48     # cap (uniform subsample of the sampled set)
+    detect_max_side: int = 640        # detection runs on frames resized so max side <= this
+    min_face_size: int = 448          # px on the full-res frame: longer side of the face box
+    crop_size: int = 512              # aligned crop side S
+    face_detector: str = DetectorKind.INSIGHTFACE   # DetectorKind
+    insightface_root: str | None = None   # holds models/buffalo_l/ (default: ~/.insightface)
+    clip_time_limit_s: float = 300.0  # per-clip budget; exceeding -> Reason.VIDEO_TIMEOUT
+    threads: int = 1                  # decoder and OpenCV threads (the Ray job runs one per CPU)
+    frames_per_chunk: int = 8         # full-resolution frames held at once
+    max_faces_per_frame: int = 5      # largest faces per frame that get landmarks
+
+    def insightface_dir(self) -> str:
+        """The insightface model root, `~` expanded (default ~/.insightface)."""
+        return str(Path(self.insightface_root or Path.home() / ".insightface").expanduser())
+
+
+@dataclass
+class FaceCandidate:
+    clip_id: str
+    frame_index: int
+    time_sec: float
+    bbox: tuple[float, float, float, float]   # x0,y0,x1,y1 in full-res frame px
+    det_score: float
+    face_size: float                           # px: longer side of the detector's box
+    status: str                                # "candidate" | "rejected"
+    reason: str | None                         # Reason value when rejected
+    yaw: float | None = None
+    pitch: float | None = None
+    roll: float | None = None
+    landmarks5: list[list[float]] | None = None   # in crop px
+    sharpness: float | None = None             # cheap pre-rank score, higher = sharper
+    crop: np.ndarray | None = field(default=None, repr=False)   # S x S x 3 uint8 RGB
+    mask: np.ndarray | None = field(default=None, repr=False)   # S x S uint8 {0,255}
+
+    def reject(self, reason: Reason) -> None:
+        self.status, self.reason = REJECTED, reason.value
+        self.crop = self.mask = None
+
+    @property
+    def usable(self) -> bool:
+        """A candidate that selection can take: crop, mask and a finite pose."""
+        return (self.status == CANDIDATE and self.crop is not None and self.mask is not None
+                and all(v is not None and np.isfinite(v)
+                        for v in (self.yaw, self.pitch, self.roll)))
+
+
+@dataclass
+class ClipAnalysis:
+    clip_id: str
+    status: str
+    reason: str | None
+    message: str
+    frames_decoded: int
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    candidates: list[FaceCandidate]            # every face considered (incl. rejected)
+
+    @property
+    def usable(self) -> list[FaceCandidate]:
+        return [c for c in self.candidates if c.usable]
+
+
+class _ClipProblem(Exception):
+    def __init__(self, status: str, reason: Reason, message: str):
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+def resolve_hint(clip: ClipRecord, info: VideoInfo) -> Box | None:
+    """The clip's face box hint in frame pixels, clipped to the frame; None without a hint."""
+    if clip.bbox_hint is not None:
+        x0, y0, x1, y1 = (float(v) for v in clip.bbox_hint)
+    elif clip.bbox_hint_normalized is not None:
+        nx0, ny0, nx1, ny1 = (float(v) for v in clip.bbox_hint_normalized)
+        x0, y0, x1, y1 = nx0 * info.width, ny0 * info.height, nx1 * info.width, ny1 * info.height
+    else:
+        return None
+    if not all(np.isfinite([x0, y0, x1, y1])) or x1 <= x0 or y1 <= y0:
+        raise _ClipProblem(Status.SKIPPED, Reason.METADATA_ENTRY_INVALID,
+                           f"face box hint is empty or invalid: {(x0, y0, x1, y1)}")
+    cx0, cy0 = max(x0, 0.0), max(y0, 0.0)
+    cx1, cy1 = min(x1, float(info.width)), min(y1, float(info.height))
+    inside = max(0.0, cx1 - cx0) * max(0.0, cy1 - cy0) / ((x1 - x0) * (y1 - y0))
+    if inside < HINT_MIN_INSIDE:
+        raise _ClipProblem(Status.SKIPPED, Reason.BBOX_OUTSIDE_FRAME,
+                           f"face box hint {(x0, y0, x1, y1)} is {inside:.0%} inside the "
+                           f"{info.width}x{info.height} frame")
+    return cx0, cy0, cx1, cy1
+
+
+def sharpness(crop: np.ndarray) -> float:
+    """Variance of the Laplacian of the crop at a fixed size: a cheap blur measure."""
+    gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    if gray.shape[0] != SHARPNESS_SIDE:
+        gray = cv2.resize(gray, (SHARPNESS_SIDE, SHARPNESS_SIDE), interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+
+
+class FaceAnalyzer:
+    """Loads the detector and FaceMesh once; analyses clips one after another."""
+
+    def __init__(self, config: AnalysisConfig):
+        self.config = config
+        cv2.setNumThreads(max(1, config.threads))
+        self.detector = make_detector(config.face_detector, config.insightface_dir())
+        self.landmarker = FaceMeshLandmarker()
+        self._oval = face_oval_indices()
+
+    def close(self) -> None:
+        self.detector.close()
+        self.landmarker.close()
+
+    def __enter__(self) -> FaceAnalyzer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def analyze_clip(self, clip: ClipRecord) -> ClipAnalysis:
+        result = ClipAnalysis(clip.clip_id, "ok", None, "", 0, 0, 0, 0.0, 0, [])
+        try:
+            fps_hint = clip.extra.get("fps") if isinstance(clip.extra, dict) else None
+            with open_frames(clip.video_path, fps_hint=fps_hint,
+                             num_threads=self.config.threads) as source:
+                info = source.info
+                result.width, result.height = info.width, info.height
+                result.fps, result.num_frames = info.fps, info.num_frames
+                self._analyze_source(clip, source, result)
+        except DecodeError as error:
+            status = Status.SKIPPED if error.reason == Reason.RANGE_EMPTY else Status.FAILED
+            self._finish(result, status, error.reason, error.message)
+        except _ClipProblem as problem:
+            self._finish(result, problem.status, problem.reason, problem.message)
+        except Exception as error:   # a bug or a library failure: record it, keep the run going
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            self._finish(result, Status.FAILED, Reason.INTERNAL_ERROR,
+                         f"{type(error).__name__}: {error} (at {where.filename}:{where.lineno})")
+        return result
+
+    @staticmethod
+    def _finish(result: ClipAnalysis, status: str, reason: Reason, message: str) -> None:
+        result.status, result.reason, result.message = status, reason.value, message
+        if status != "ok":
+            for face in result.candidates:
+                if face.status == CANDIDATE:
+                    face.reject(reason)
+
+    def _analyze_source(self, clip: ClipRecord, source: FrameSource,
+                        result: ClipAnalysis) -> None:
+        started = time.monotonic()
+        info = source.info
+        first, last = frame_range(info, clip.start_sec, clip.end_sec, clip.start_frame,
+                                  clip.end_frame)
+        hint = resolve_hint(clip, info)
+        indices = sample_indices(first, last, info.fps, self.config.sample_fps,
+                                 self.config.max_frames_per_clip)
+        per_frame: list[list[Detection]] = []
+        faces: list[list[FaceCandidate]] = []
+        failed_frames = 0
+        for chunk, frames in self._read_chunks(source, indices):
+            for index, frame in zip(chunk, frames, strict=True):
+                if frame is None:
+                    failed_frames += 1
+                    continue
+                if time.monotonic() - started > self.config.clip_time_limit_s:
+                    raise _ClipProblem(Status.FAILED, Reason.VIDEO_TIMEOUT,
+                                       f"analysis exceeded {self.config.clip_time_limit_s:.0f} s "
+                                       f"after {result.frames_decoded} frames")
+                result.frames_decoded += 1
+                detections = self._detect(frame)
+                per_frame.append(detections)
+                faces.append(self._analyze_frame(clip, index, info.fps, frame, detections,
+                                                 hint))
+        if result.frames_decoded == 0:
+            raise DecodeError(Reason.VIDEO_DECODE_ERROR,
+                              f"none of the {len(indices)} sampled frames could be decoded")
+        self._keep_target_person(per_frame, faces, hint)
+        result.candidates = [face for frame_faces in faces for face in frame_faces]
+        self._set_clip_status(result, failed_frames, len(indices))
+
+    def _read_chunks(self, source: FrameSource, indices: list[int]):
+        """Chunks of frames; a chunk that fails is retried frame by frame (None = undecodable)."""
+        size = max(1, self.config.frames_per_chunk)
+        for start in range(0, len(indices), size):
+            chunk = indices[start:start + size]
+            try:
+                yield from iter_frame_chunks(source, chunk, size)
+            except DecodeError:
+                frames = []
+                for index in chunk:
+                    try:
+                        frames.append(source.read([index])[0])
+                    except DecodeError:
+                        frames.append(None)
+                yield chunk, frames
+
+    def _detect(self, frame: np.ndarray) -> list[Detection]:
+        small, scale = resize_max_side(frame, self.config.detect_max_side)
+        detections = self.detector.detect(small)
+        if scale == 1.0:
+            return detections
+        return [Detection(tuple(v / scale for v in d.bbox), d.score,
+                          None if d.keypoints5 is None else d.keypoints5 / scale)
+                for d in detections]
+
+    def _analyze_frame(self, clip: ClipRecord, index: int, fps: float, frame: np.ndarray,
+                       detections: list[Detection], hint: Box | None) -> list[FaceCandidate]:
+        """A FaceCandidate per detection; only plausible target faces get landmarks and crops."""
+        hinted = select_target([detections], hint)[0] if hint is not None else None
+        by_size = sorted(range(len(detections)), key=lambda i: -face_size(detections[i].bbox))
+        worth_landmarks = {hinted} if hint is not None else set(
+            by_size[:self.config.max_faces_per_frame])
+        faces = []
+        for i, det in enumerate(detections):
+            face = FaceCandidate(clip.clip_id, index, index / fps, det.bbox, det.score,
+                                 face_size(det.bbox), CANDIDATE, None)
+            if face.face_size < self.config.min_face_size:
+                face.reject(Reason.FACE_TOO_SMALL)
+            elif i not in worth_landmarks:
+                face.reject(Reason.NOT_TARGET_PERSON)
+            else:
+                self._describe_face(face, frame)
+            faces.append(face)
+        return faces
+
+    def _describe_face(self, face: FaceCandidate, frame: np.ndarray) -> None:
+        landmarks = self.landmarker.landmarks(frame, face.bbox)
+        if landmarks is None:
+            face.reject(Reason.LANDMARKS_FAILED)
+            return
+        height, width = frame.shape[:2]
+        try:
+            face.yaw, face.pitch, face.roll = head_pose(landmarks, width, height)
+        except ValueError:
+            face.reject(Reason.LANDMARKS_FAILED)
+            return
+        size = self.config.crop_size
+        points5 = five_points(landmarks)
+        matrix = alignment_matrix(points5, size)
+        face.landmarks5 = transform_points(matrix, points5).round(2).tolist()
+        face.crop = aligned_crop(frame, matrix, size)
+        face.mask = face_mask(landmarks, self._oval, matrix, size)
+        face.sharpness = sharpness(face.crop)
+
+    @staticmethod
+    def _keep_target_person(per_frame: list[list[Detection]],
+                            faces: list[list[FaceCandidate]], hint: Box | None) -> None:
+        chosen = select_target(per_frame, hint)
+        if hint is None and ambiguous_target(per_frame, chosen):
+            for frame_faces in faces:
+                for face in frame_faces:
+                    if face.status == CANDIDATE:
+                        face.reject(Reason.AMBIGUOUS_TARGET)
+            return
+        for target, frame_faces in zip(chosen, faces, strict=True):
+            for i, face in enumerate(frame_faces):
+                if i != target:
+                    face.reject(Reason.NOT_TARGET_PERSON)
+
+    @staticmethod
+    def _set_clip_status(result: ClipAnalysis, failed_frames: int, sampled: int) -> None:
+        notes = [f"{failed_frames} of {sampled} sampled frames failed to decode"] \
+            if failed_frames else []
+        if not result.candidates:
+            FaceAnalyzer._finish(result, Status.SKIPPED, Reason.NO_FACE,
+                                 "; ".join(["no face in any sampled frame", *notes]))
+            return
+        if not result.usable:
+            target_reasons = Counter(c.reason for c in result.candidates
+                                     if c.reason != Reason.NOT_TARGET_PERSON)
+            reason = Reason(target_reasons.most_common(1)[0][0]) if target_reasons \
+                else Reason.NOT_TARGET_PERSON
+            FaceAnalyzer._finish(result, Status.SKIPPED, reason,
+                                 "; ".join([f"no usable face of the clip's person "
+                                            f"({dict(Counter(c.reason for c in result.candidates))})",
+                                            *notes]))
+            return
+        result.message = "; ".join([f"{len(result.usable)} candidate faces in "
+                                    f"{result.frames_decoded} frames", *notes])

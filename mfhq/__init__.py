@@ -1,0 +1,1 @@
+"""The `mfhq` command and the demo: the only code that imports both curation and training."""

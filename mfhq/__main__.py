@@ -1,0 +1,7 @@
+"""`python -m mfhq` = `mfhq`."""
+
+import sys
+
+from mfhq.cli import main
+
+sys.exit(main())
