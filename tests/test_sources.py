@@ -237,7 +237,7 @@ def test_celebvtext_real_excerpt_with_raw_videos_only(tmp_path):
     assert {(r.status, r.reason) for r in others} == {("skipped", Reason.VIDEO_MISSING)}
 
 
-def test_celebvtext_readme_shape_pixel_box_and_frame_ranges(tmp_path):
+def test_celebvtext_readme_shape_reads_start_and_end_frame_as_seconds(tmp_path):
     write_json(tmp_path / "celebvtext_info.json", {"clips": {
         "0-5BrmyFsYM_0": {"ytb_id": "0-5BrmyFsYM",
                           "duration": {"start_sec": 0.0, "end_sec": 9.64},
@@ -258,9 +258,11 @@ def test_celebvtext_readme_shape_pixel_box_and_frame_ranges(tmp_path):
     assert seconds.bbox_hint_normalized is None and seconds.end_sec == 9.64
     fractional = clips["00-30GQl0TM_7"]   # the README's comment calls these times
     assert (fractional.start_sec, fractional.end_sec) == (415.29, 420.88)
-    assert fractional.start_frame is None
-    frames = clips["frames_1"]
-    assert (frames.start_frame, frames.end_frame) == (10, 250) and frames.start_sec is None
+    assert fractional.start_frame is None and fractional.end_frame is None
+    whole = clips["frames_1"]   # a whole-number pair is seconds too, never frame indices
+    assert (whole.start_sec, whole.end_sec) == (10.0, 250.0)
+    assert whole.start_frame is None and whole.end_frame is None
+    assert whole.extra["source_range"]["seconds_under"] == "start_frame/end_frame"
     assert clips["neg_1"].reason == Reason.BBOX_OUTSIDE_FRAME
 
 
@@ -594,3 +596,12 @@ def test_demo_corpus_good_clips_all_enumerate_with_their_identity(demo_corpus):
     assert ok == len(summary["clips"]) + decode_time - usable_bad
     identities = group_identities(r for rs in records.values() for r in rs)
     assert {c["identity_key"] for c in summary["clips"]} <= set(identities)
+
+
+def test_celebvtext_backward_start_and_end_frame_seconds_are_an_invalid_entry(tmp_path):
+    write_json(tmp_path / "celebvtext_info.json", {"clips": {
+        "back_0": {"ytb_id": "back", "duration": {"start_frame": 20, "end_frame": 10},
+                   "bbox": {"top": 5, "bottom": 600, "left": 10, "right": 400}}}})
+    touch(tmp_path / "raw" / "back.mp4")
+    (record,) = enumerate_source("celebvtext", tmp_path)
+    assert record.reason == Reason.METADATA_ENTRY_INVALID and "seconds" in record.message

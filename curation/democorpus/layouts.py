@@ -134,6 +134,9 @@ def _celebvhq_raw_pair(plan, identity, ytb_id, processed) -> None:
 # CelebV-Text -------------------------------------------------------------------------------
 
 def celebvtext_entry(plan: CorpusPlan, meta_video_name: str, ytb_id: str, label: str) -> dict:
+    # The released v0.11 shape: `duration` in seconds (start_sec/end_sec, 2 decimals). The
+    # README's nested shape writes the same seconds under start_frame/end_frame; the adapter
+    # reads both as seconds, so no demo entry ever holds frame indices.
     start = plan.number("t0:" + label, 1000, 60000) / 100
     rng = plan.rng("bbox:" + label)
     left = round(float(rng.uniform(0.1, 0.35)), 4)

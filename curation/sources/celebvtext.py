@@ -4,8 +4,10 @@ Shapes accepted:
 - v0.11 (the released file): a flat map keyed by clip file name, `{"<clip>.mp4": {...}}`, with
   a normalised bbox and `duration.start_sec/end_sec`;
 - the README example: clips nested under `"clips"`, keyed by clip name, bbox in pixels of the
-  raw video, and sometimes `duration.start_frame/end_frame` (whose fractional values the
-  README's own comment calls times: fractional ones are read as seconds).
+  raw video, and sometimes `duration.start_frame/end_frame`. Despite their names these hold
+  seconds: the README's example writes `"start_frame": 415.29, "end_frame": 420.88` under the
+  comment "start and end times", so both keys are always read as seconds (a whole-number pair
+  too: `10, 250` is 10 s..250 s, never frames 10..250).
 A bbox whose values are all <= 1 is normalised, otherwise pixels.
 
 Processed clip `<clip>.mp4` is used whole; else the raw download `<ytb_id>.mp4` with the range
@@ -30,7 +32,6 @@ from curation.sources.common import (
     missing_video,
     nonempty_str,
     normalized_box,
-    number,
     pixel_box,
     read_text,
     run_entry,
@@ -102,27 +103,22 @@ def _clip_record(index: FileIndex, clip_id: str, name: str, key: str,
         return ClipRecord(video_path=os.path.abspath(processed), **common)
     return ClipRecord(
         video_path=os.path.abspath(raw), is_raw=True,
-        start_sec=timing.get("start_sec"), end_sec=timing.get("end_sec"),
-        start_frame=timing.get("start_frame"), end_frame=timing.get("end_frame"),
+        start_sec=timing["start_sec"], end_sec=timing["end_sec"],
         bbox_hint_normalized=box if normalised else None,
         bbox_hint=None if normalised else box, **common)
 
 
 def _timing(value: Any) -> dict[str, Any]:
-    """{"start_sec", "end_sec"} or integral {"start_frame", "end_frame"} from `duration`."""
+    """{"start_sec", "end_sec"} from `duration`: `start_sec/end_sec`, or the README shape's
+    `start_frame/end_frame`, which hold seconds too (see the module docstring)."""
     duration = mapping(value, "duration")
     if "start_sec" in duration or "end_sec" in duration:
         start, end = seconds_range(duration.get("start_sec"), duration.get("end_sec"))
         return {"start_sec": start, "end_sec": end}
     if "start_frame" in duration or "end_frame" in duration:
-        start = number(duration.get("start_frame"), "duration.start_frame")
-        end = number(duration.get("end_frame"), "duration.end_frame")
-        if start.is_integer() and end.is_integer():
-            if start < 0 or end < start:
-                raise invalid(f"frame range {start:g}..{end:g} is not a forward range")
-            return {"start_frame": int(start), "end_frame": int(end)}
-        start, end = seconds_range(start, end, "duration (fractional frames read as seconds)")
-        return {"start_sec": start, "end_sec": end}
+        start, end = seconds_range(duration.get("start_frame"), duration.get("end_frame"),
+                                   "duration (start_frame/end_frame, in seconds)")
+        return {"start_sec": start, "end_sec": end, "seconds_under": "start_frame/end_frame"}
     raise invalid("duration has neither start_sec/end_sec nor start_frame/end_frame")
 
 
