@@ -12,7 +12,7 @@ import torch
 from _shard_helpers import write_shards
 
 from training import checkpoint as ckpt
-from training.config import tiny
+from training.config import Stage, tiny
 from training.encode import main as encode_main
 from training.engine import StepRunner
 from training.eval import main as eval_main
@@ -55,21 +55,31 @@ def test_tiny_run_overfits_four_identities(shard_dir, tmp_path):
     assert last < first / 10, (first, last)
 
 
-def test_resume_gives_the_same_next_steps(shard_dir, tmp_path):
+@pytest.mark.parametrize("stage", [Stage.MTD, Stage.JOINT])
+def test_resume_gives_the_same_next_steps(shard_dir, tmp_path, stage):
+    """Also across the joint stage's switch from the MTD warm-up to both losses (step 5)."""
     urls = str(shard_dir / "train" / "mfhq-train-{000000..000003}.tar")
-    straight = small_config(urls, tmp_path / "a", 6)
-    straight.ckpt_every, straight.data.n_tgt = 3, 4
-    train(straight, progress=False)
+
+    def config(out: Path):
+        c = small_config(urls, out, 6)
+        c.stage, c.ckpt_every, c.data.n_tgt = stage, 3, 4
+        c.objective.mtd_warmup_steps = 4
+        return c
+    train(config(tmp_path / "a"), progress=False)
     (tmp_path / "b").mkdir()
     shutil.copy(tmp_path / "a" / "checkpoint-00000003.pt", tmp_path / "b")
-    resumed = small_config(urls, tmp_path / "b", 6)
-    resumed.resume, resumed.data.n_tgt = True, 4
+    resumed = config(tmp_path / "b")
+    resumed.resume = True
     train(resumed, progress=False)
-    expected = {r["step"]: r["loss"] for r in rows(tmp_path / "a") if r["step"] > 3}
-    got = {r["step"]: r["loss"] for r in rows(tmp_path / "b")}
+    expected = {r["step"]: r for r in rows(tmp_path / "a") if r["step"] > 3}
+    got = {r["step"]: r for r in rows(tmp_path / "b")}
     assert sorted(got) == [4, 5, 6]
     for step in (4, 5, 6):
-        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6)
+        assert got[step].keys() == expected[step].keys()
+        for key in {"loss", "mtd_loss", "flow_loss"} & expected[step].keys():
+            assert got[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-6)
+    if stage == Stage.JOINT:
+        assert [got[s]["phase"] for s in (4, 5, 6)] == ["mtd_warmup", "joint", "joint"]
 
 
 def test_checkpoints_load_with_weights_only(shard_dir, tmp_path):

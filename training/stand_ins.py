@@ -70,21 +70,23 @@ def write_tiny_flux(root: Path, seed: int = 0, text_encoders: bool = True,
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     torch.manual_seed(seed)
-    FluxTransformer2DModel(
+    # (cast only when asked: diffusers warns on any `.to(dtype)` of a model)
+    cast = (lambda m: m) if dtype == torch.float32 else (lambda m: m.to(dtype))
+    cast(FluxTransformer2DModel(
         patch_size=1, in_channels=4 * size.latent_channels, num_layers=size.layers,
         num_single_layers=size.single_layers, attention_head_dim=size.head_dim,
         num_attention_heads=size.heads, joint_attention_dim=size.text_width,
         pooled_projection_dim=size.pooled_width, guidance_embeds=True,
         axes_dims_rope=size.axes_dims_rope,
-    ).to(dtype).save_pretrained(root / "transformer")
-    AutoencoderKL(
+    )).save_pretrained(root / "transformer")
+    cast(AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=size.latent_channels,
         block_out_channels=size.vae_channels,
         down_block_types=("DownEncoderBlock2D",) * len(size.vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(size.vae_channels),
         layers_per_block=size.vae_layers, norm_num_groups=size.vae_groups,
         scaling_factor=0.3611, shift_factor=0.1159,   # FLUX.1's VAE
-    ).to(dtype).save_pretrained(root / "vae")
+    )).save_pretrained(root / "vae")
     if text_encoders:
         from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
