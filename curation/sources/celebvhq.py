@@ -7,7 +7,6 @@ normalised box. Identity proxy: one person per YouTube video (`yt:<ytb_id>`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,6 +69,6 @@ def _clip_record(index: FileIndex, clip_id: str, key: str, entry: Any) -> ClipRe
                   identity_id=f"yt:{ytb_id}", source_video_id=ytb_id, license=LICENSE,
                   extra={k: v for k, v in extra.items() if v is not None})
     if processed is not None:
-        return ClipRecord(video_path=os.path.abspath(processed), **common)
-    return ClipRecord(video_path=os.path.abspath(raw), start_sec=start_sec, end_sec=end_sec,
+        return ClipRecord(video_path=processed, **common)
+    return ClipRecord(video_path=raw, start_sec=start_sec, end_sec=end_sec,
                       bbox_hint_normalized=box, is_raw=True, **common)

@@ -50,24 +50,38 @@ def invalid(message: str) -> EntryProblem:
 class FileIndex:
     """Every file and folder under a source root, found by one walk, looked up by basename.
 
-    Lists per basename are sorted by path, so a lookup returns the same file on every run.
-    Symlinks whose target lies outside the root are left out (and remembered, so a missing-video
-    message can say why).
+    Paths are absolute (the walk starts from the absolute root), so adapters use them as they
+    are. A basename's first path (in path order) is held as one string; only names found more
+    than once keep the sorted list of all their paths (`more`): a lookup returns the same file
+    on every run, and the index of a 600k-file tree holds 600k strings, not 600k lists.
+    Symlinks whose target lies outside the root are left out (and remembered, so a
+    missing-video message can say why).
     """
 
     root: str                                             # absolute, as given (not resolved)
-    files: dict[str, list[str]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)   # basename -> first path
+    more: dict[str, list[str]] = field(default_factory=dict)  # basename -> all paths, if > 1
     dirs: dict[str, list[str]] = field(default_factory=dict)
     image_dirs: set[str] = field(default_factory=set)     # folders that directly hold images
     outside_links: dict[str, str] = field(default_factory=dict)  # basename -> link path
     walk_errors: list[str] = field(default_factory=list)
 
+    def add_file(self, name: str, path: str) -> None:
+        first = self.files.setdefault(name, path)
+        if first is not path:
+            self.more.setdefault(name, [first]).append(path)
+
     def file(self, name: str) -> str | None:
-        paths = self.files.get(name)
-        return paths[0] if paths else None
+        return self.files.get(name)
 
     def all_files(self, name: str) -> list[str]:
-        return self.files.get(name, [])
+        if name in self.more:
+            return self.more[name]
+        path = self.files.get(name)
+        return [path] if path is not None else []
+
+    def n_files(self) -> int:
+        return len(self.files) + sum(len(paths) - 1 for paths in self.more.values())
 
     def image_dir(self, name: str) -> str | None:
         """The first folder called `name` that directly holds image files (a clip as frames)."""
@@ -80,7 +94,7 @@ class FileIndex:
         return sorted(self.files)
 
     def all_file_paths(self) -> list[str]:
-        return sorted(path for paths in self.files.values() for path in paths)
+        return sorted([path for name in self.files for path in self.all_files(name)])
 
     def relpath(self, path: str) -> str:
         return os.path.relpath(path, self.root).replace(os.sep, "/")
@@ -126,7 +140,7 @@ def build_index(root: str | os.PathLike) -> FileIndex:
                         index.dirs.setdefault(entry.name, []).append(entry.path)
                         pending.append(entry.path)
                     elif os.path.isfile(target):
-                        index.files.setdefault(entry.name, []).append(entry.path)
+                        index.add_file(entry.name, entry.path)
                         holds_images |= entry.name.lower().endswith(IMAGE_EXTENSIONS)
                     continue
                 if entry.is_dir(follow_symlinks=False):
@@ -134,14 +148,15 @@ def build_index(root: str | os.PathLike) -> FileIndex:
                     index.dirs.setdefault(entry.name, []).append(entry.path)
                     pending.append(entry.path)
                 elif entry.is_file(follow_symlinks=False):
-                    index.files.setdefault(entry.name, []).append(entry.path)
+                    index.add_file(entry.name, entry.path)
                     holds_images |= entry.name.lower().endswith(IMAGE_EXTENSIONS)
             except OSError as error:
                 index.walk_errors.append(f"{entry.path}: {error}")
         if holds_images:
             index.image_dirs.add(folder)
-    for paths in index.files.values():
+    for name, paths in index.more.items():
         paths.sort()
+        index.files[name] = paths[0]
     for paths in index.dirs.values():
         paths.sort()
     return index
@@ -172,6 +187,8 @@ _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 def integer_text(text: str, what: str) -> int:
     """An integer written in a text file or a file name (ASCII digits, optional sign)."""
+    if text.isascii() and text.isdigit():     # the common case, without the regex
+        return int(text)
     if not _INTEGER.fullmatch(text):
         raise invalid(f"{what} is not an integer: {text!r:.60}")
     return int(text)

@@ -7,7 +7,6 @@ directly under the root has no identity folder and becomes a failed record sayin
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 
@@ -68,5 +67,5 @@ def _clip_record(original: str, relative: str, parts: list[str], path: str) -> C
         return problem_record(SOURCE, original, problem, LICENSE)
     return ClipRecord(source=SOURCE, clip_id=clip_id, original_clip_id=original,
                       identity_id=f"folder:{name}", source_video_id=f"folder:{name}",
-                      video_path=os.path.abspath(path), license=LICENSE,
+                      video_path=path, license=LICENSE,
                       extra={"file": relative})

@@ -10,7 +10,6 @@ person per YouTube video (`yt:<ytid>`); the zip is read in place, never extracte
 
 from __future__ import annotations
 
-import os
 import re
 import zipfile
 from collections.abc import Iterator
@@ -189,6 +188,6 @@ def _clip_record(index: FileIndex, clip_id: str, tube: Tube, splits: list[str]) 
     common = dict(source=SOURCE, clip_id=clip_id, original_clip_id=tube.clip_name,
                   identity_id=f"yt:{ytid}", source_video_id=ytid, license=LICENSE, extra=extra)
     if processed is not None:
-        return ClipRecord(video_path=os.path.abspath(processed), **common)
-    return ClipRecord(video_path=os.path.abspath(raw), is_raw=True, start_frame=tube.start,
+        return ClipRecord(video_path=processed, **common)
+    return ClipRecord(video_path=raw, is_raw=True, start_frame=tube.start,
                       end_frame=tube.end, bbox_hint_normalized=box, **common)

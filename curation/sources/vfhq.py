@@ -9,7 +9,6 @@ by the raw source video `<videoid>.mp4` with the frames the official extraction 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -168,7 +167,7 @@ def _clip_record(index: FileIndex, clip_id: str, stem: str, header: Header) -> C
                   identity_id=identity_id, source_video_id=name.video_id, license=LICENSE,
                   extra=extra)
     if clip_video is not None:
-        return ClipRecord(video_path=os.path.abspath(clip_video), **common)
-    return ClipRecord(video_path=os.path.abspath(raw), is_raw=True,
+        return ClipRecord(video_path=clip_video, **common)
+    return ClipRecord(video_path=raw, is_raw=True,
                       start_frame=name.start + 1, end_frame=name.end - 1,
                       bbox_hint_normalized=box_normalized, bbox_hint=box_pixels, **common)
