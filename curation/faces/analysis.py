@@ -1,10 +1,17 @@
 """Per-clip face analysis: sampled decoding -> detection -> the clip's own person -> FaceMesh
-landmarks -> head pose -> aligned crop + face mask -> cheap sharpness pre-rank.
+landmarks -> head pose -> aligned crop + face mask -> cheap sharpness pre-rank -> identity
+embeddings (`curation.faces.identity`, when the analyzer is given an `IdentityConfig`).
 
 `FaceAnalyzer.analyze_clip` never raises for bad input: every problem becomes a `ClipAnalysis`
 with status "failed" (the file cannot be used) or "skipped" (usable file, nothing to take) and a
 `Reason`. Only faces with status "candidate" carry a crop and a mask; memory per clip is bounded
 by one chunk of full-resolution frames plus the candidates' crops.
+
+Embeddings: with an identity model, up to `IdentityConfig.embeddings_per_track` usable faces of
+the clip's person (0: all), spread evenly over the clip, carry an L2-normalised `embedding`; the
+rest of the track is the same person by construction (its boxes are linked frame to frame).
+Whether the clip's person is the identity's person is decided per identity, across clips
+(`curation.build.identity_check.decide_identity`), not here.
 """
 
 from __future__ import annotations
@@ -44,11 +51,19 @@ from curation.faces.detection import (
     make_detector,
     select_target,
 )
+from curation.faces.identity import IdentityConfig, make_embedder
 from curation.faces.landmarks import FaceMeshLandmarker, face_oval_indices
 from curation.faces.pose import head_pose
 from curation.records import ClipRecord, Reason, Status
 
 CANDIDATE, REJECTED = Status.CANDIDATE, Status.REJECTED
+# Source-region side / detector box side: about 1.65 for both detectors (the template's eyes are
+# 0.25 of the crop apart, a detector box is about 2.4 eye distances wide; bench/identity.py's
+# sibling measurement in tests/test_faces_analysis.py checks the range). Faces rejected before
+# landmarks record box side x REGION_PER_BOX; a box whose region could not reach the minimum
+# even at MAX_REGION_PER_BOX skips FaceMesh.
+REGION_PER_BOX = 1.65
+MAX_REGION_PER_BOX = 2.5
 SHARPNESS_SIDE = 256
 HINT_MIN_INSIDE = 0.5   # a hint with less than half its area inside the frame is unusable
 
@@ -58,7 +73,11 @@ class AnalysisConfig:
     sample_fps: float = 2.0           # frames sampled per second of clip, uniform in time
     max_frames_per_clip: int = 48     # cap (uniform subsample of the sampled set)
     detect_max_side: int = 640        # detection runs on frames resized so max side <= this
-    min_face_size: int = 448          # px on the full-res frame: longer side of the face box
+    # Face size is the side of the source region that becomes the aligned crop (source px): the
+    # crop is upsampled crop_size / face_size times. 320 keeps the faces of 512 px processed
+    # CelebV-HQ / VFHQ / TalkingHead clips (detector boxes of about 200-340 px, regions of about
+    # 330-560 px) and rejects what a 512 crop would have to blow up more than 1.6x.
+    min_face_size: int = 320
     crop_size: int = 512              # aligned crop side S
     face_detector: str = DetectorKind.INSIGHTFACE   # DetectorKind
     insightface_root: str | None = None   # holds models/buffalo_l/ (default: ~/.insightface)
@@ -79,7 +98,7 @@ class FaceCandidate:
     time_sec: float
     bbox: tuple[float, float, float, float]   # x0,y0,x1,y1 in full-res frame px
     det_score: float
-    face_size: float                           # px: longer side of the detector's box
+    face_size: float                           # px: side of the source region of the crop
     status: str                                # "candidate" | "rejected"
     reason: str | None                         # Reason value when rejected
     yaw: float | None = None
@@ -89,6 +108,10 @@ class FaceCandidate:
     sharpness: float | None = None             # cheap pre-rank score, higher = sharper
     crop: np.ndarray | None = field(default=None, repr=False)   # S x S x 3 uint8 RGB
     mask: np.ndarray | None = field(default=None, repr=False)   # S x S uint8 {0,255}
+    embedding: np.ndarray | None = field(default=None, repr=False)  # (dim,) unit float32
+    track: int = 0                             # the clip's person track (0: the clip's own)
+    embedding_model: str | None = None         # the IdentityModel of `embedding`
+    identity_distance: float | None = None     # set by the identity check: to the kept person
 
     def reject(self, reason: Reason) -> None:
         self.status, self.reason = REJECTED, reason.value
@@ -148,6 +171,11 @@ def resolve_hint(clip: ClipRecord, info: VideoInfo) -> Box | None:
     return cx0, cy0, cx1, cy1
 
 
+def source_region_side(matrix: np.ndarray, crop_size: int) -> float:
+    """Side (source px) of the square source region that `matrix` maps onto the crop."""
+    return float(crop_size / np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+
+
 def sharpness(crop: np.ndarray) -> float:
     """Variance of the Laplacian of the crop at a fixed size: a cheap blur measure."""
     gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
@@ -159,16 +187,22 @@ def sharpness(crop: np.ndarray) -> float:
 class FaceAnalyzer:
     """Loads the detector and FaceMesh once; analyses clips one after another."""
 
-    def __init__(self, config: AnalysisConfig):
+    def __init__(self, config: AnalysisConfig, identity: IdentityConfig | None = None):
         self.config = config
+        self.identity = identity
         cv2.setNumThreads(max(1, config.threads))
         self.detector = make_detector(config.face_detector, config.insightface_dir())
+        # None: no embeddings (no identity config, or --identity-model none)
+        self.embedder = (make_embedder(identity.model, config.insightface_dir(), identity.weights)
+                         if identity is not None else None)
         self.landmarker = FaceMeshLandmarker()
         self._oval = face_oval_indices()
 
     def close(self) -> None:
         self.detector.close()
         self.landmarker.close()
+        if self.embedder is not None:
+            self.embedder.close()
 
     def __enter__(self) -> FaceAnalyzer:
         return self
@@ -237,6 +271,24 @@ class FaceAnalyzer:
         self._keep_target_person(per_frame, faces, hint)
         result.candidates = [face for frame_faces in faces for face in frame_faces]
         self._set_clip_status(result, failed_frames, len(indices))
+        self.embed_faces(result.usable)
+
+    def embed_faces(self, usable: list[FaceCandidate]) -> None:
+        """Embed up to `embeddings_per_track` faces of each track, evenly spread in time."""
+        if self.embedder is None or not usable:
+            return
+        chosen: list[FaceCandidate] = []
+        for track in sorted({face.track for face in usable}):
+            faces = sorted((f for f in usable if f.track == track), key=lambda f: f.frame_index)
+            limit = self.identity.embeddings_per_track
+            if 0 < limit < len(faces):
+                faces = [faces[int(i)] for i in np.unique(
+                    np.round(np.linspace(0, len(faces) - 1, limit)).astype(int))]
+            chosen.extend(faces)
+        vectors = self.embedder.embed([f.crop for f in chosen],
+                                      [np.asarray(f.landmarks5, np.float32) for f in chosen])
+        for face, vector in zip(chosen, vectors, strict=True):
+            face.embedding, face.embedding_model = vector, self.embedder.model.value
 
     def _read_chunks(self, source: FrameSource, indices: list[int]):
         """Chunks of frames; a chunk that fails is retried frame by frame (None = undecodable)."""
@@ -273,8 +325,8 @@ class FaceAnalyzer:
         faces = []
         for i, det in enumerate(detections):
             face = FaceCandidate(clip.clip_id, index, index / fps, det.bbox, det.score,
-                                 face_size(det.bbox), CANDIDATE, None)
-            if face.face_size < self.config.min_face_size:
+                                 REGION_PER_BOX * face_size(det.bbox), CANDIDATE, None)
+            if MAX_REGION_PER_BOX * face_size(det.bbox) < self.config.min_face_size:
                 face.reject(Reason.FACE_TOO_SMALL)
             elif i not in worth_landmarks:
                 face.reject(Reason.NOT_TARGET_PERSON)
@@ -297,6 +349,10 @@ class FaceAnalyzer:
         size = self.config.crop_size
         points5 = five_points(landmarks)
         matrix = alignment_matrix(points5, size)
+        face.face_size = source_region_side(matrix, size)
+        if face.face_size < self.config.min_face_size:
+            face.reject(Reason.FACE_TOO_SMALL)
+            return
         face.landmarks5 = transform_points(matrix, points5).round(2).tolist()
         face.crop = aligned_crop(frame, matrix, size)
         face.mask = face_mask(landmarks, self._oval, matrix, size)
