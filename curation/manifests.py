@@ -89,6 +89,10 @@ FACES_SCHEMA = _schema("faces", [
     pa.field("reason", pa.string()),                        # null when selected
     pa.field("split", pa.string()),
     pa.field("shard", pa.string()),
+    pa.field("track", pa.int64()),                          # person track in its clip
+    pa.field("embedding", pa.list_(pa.float32())),          # unit vector; null: not embedded
+    pa.field("identity_model", pa.string()),                # the model of `embedding`
+    pa.field("identity_distance", pa.float64()),            # cosine distance to the person kept
 ])
 
 IDENTITIES_SCHEMA = _schema("identities", [
@@ -114,6 +118,9 @@ IDENTITIES_SCHEMA = _schema("identities", [
     pa.field("status", pa.string(), nullable=False),        # kept | dropped
     pa.field("reason", pa.string()),
     pa.field("message", pa.string()),
+    pa.field("n_persons", pa.int64()),                      # people told apart among its faces
+    pa.field("identity_consistency", pa.float64()),         # max distance of kept faces to mean
+    pa.field("duplicate_group", pa.string()),               # same person as other identities
 ])
 
 SHARDS_SCHEMA = _schema("shards", [

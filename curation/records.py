@@ -47,6 +47,10 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"                # a bug or an unexpected library error; message has it
     # clips (appended)
     WORKER_CRASHED = "worker_crashed"                # the worker process died each time it analysed this clip
+    # identity checks (appended)
+    IDENTITY_MISMATCH = "identity_mismatch"          # faces, clips: another person than the identity's dominant one
+    NO_DOMINANT_PERSON = "no_dominant_person"        # identities: its faces show several people, none clearly the most
+    DUPLICATE_ACROSS_SPLITS = "duplicate_across_splits"  # identities: the same person as an identity of the other split, removed from the minority split
 
 
 class SourceKind(StrEnum):
@@ -79,7 +83,8 @@ class Status(StrEnum):
 # faces manifest is a usable candidate (selected, or not_selected / not_scored, or dropped
 # with its identity).
 FACE_REJECTIONS = frozenset({Reason.FACE_TOO_SMALL, Reason.NOT_TARGET_PERSON,
-                             Reason.AMBIGUOUS_TARGET, Reason.LANDMARKS_FAILED})
+                             Reason.AMBIGUOUS_TARGET, Reason.LANDMARKS_FAILED,
+                             Reason.IDENTITY_MISMATCH})
 
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")

