@@ -98,6 +98,19 @@ def test_check_identity_skips_a_clip_left_without_faces_and_marks_its_faces():
     assert all(f.cand.identity_distance is not None for f in kept)
 
 
+def test_a_two_people_clip_keeps_the_track_that_matches_the_identitys_other_clips():
+    from dataclasses import replace
+
+    a, b = _person(1), _person(2)
+    contested = ([replace(f, track=0, contested=True) for f in _faces_of(b, "c:2", 6, 3)]
+                 + [replace(f, track=1, contested=True) for f in _faces_of(a, "c:2", 6, 4)])
+    decision = decide_identity(_faces_of(a, "c:1", 10, 1) + contested, DLIB)
+    assert decision.rejected == {i: Reason.NOT_TARGET_PERSON for i in range(10, 16)}
+    assert decision.consistency < DLIB.same_person()      # the winning track joined the person
+    alone = decide_identity(contested, DLIB)                # nothing else tells who it is
+    assert set(alone.rejected.values()) == {Reason.AMBIGUOUS_TARGET} and len(alone.rejected) == 12
+
+
 # --- across identities -------------------------------------------------------------------
 
 def test_the_blocked_search_finds_exactly_the_pairs_a_full_matrix_finds():

@@ -109,3 +109,23 @@ def test_arcface_stand_in_runs_through_the_analyzer_from_the_insightface_root(tm
         result = analyzer.analyze_clip(_clip_of(tmp_path, "a", _person_frames("astronaut", 4)))
     assert result.usable and all(c.embedding is not None and len(c.embedding) == 512
                                  and c.embedding_model == "arcface" for c in result.usable)
+
+
+def test_a_hintless_clip_with_two_similar_people_keeps_both_tracks_for_the_identity_check(
+        dlib_analyzer, tmp_path):
+    import cv2
+
+    # two real faces at the same size side by side: "largest face" cannot tell who it is about
+    astronaut = cv2.resize(face_image("astronaut")[42:442, 240:640], (320, 320),
+                           interpolation=cv2.INTER_AREA)
+    tom = cv2.resize(face_image("tom")[182:842, 182:842], (320, 320),
+                     interpolation=cv2.INTER_AREA)
+    frames = [np.hstack([astronaut, tom])] * 6
+    result = dlib_analyzer.analyze_clip(_clip_of(tmp_path, "pair", frames))
+    assert result.status == "ok", result.message
+    tracks = {c.track for c in result.usable}
+    assert tracks == {0, 1} and all(c.contested for c in result.usable)
+    means = {t: np.mean([c.embedding for c in result.usable
+                         if c.track == t and c.embedding is not None], axis=0) for t in tracks}
+    assert float(1 - means[0] @ means[1] / np.linalg.norm(means[0]) / np.linalg.norm(means[1])) \
+        > 0.1                                                 # two different people

@@ -53,6 +53,7 @@ class FaceInput:
     clip: str                            # clip key, e.g. "celebvhq:<clip_id>"
     track: int = 0
     embedding: Any = None                # (dim,) unit vector, or None when not embedded
+    contested: bool = False              # a track of a hint-less clip with two people
 
 
 @dataclass
@@ -106,8 +107,12 @@ def decide_identity(faces: Sequence[FaceInput], config: IdentityConfig) -> Ident
         units.setdefault((face.clip, face.track), []).append(i)
     embedded = {key: [i for i in members if faces[i].embedding is not None]
                 for key, members in units.items()}
-    keys = [key for key in units if embedded[key]]
+    contested = {key for key, members in units.items() if faces[members[0]].contested}
+    keys = [key for key in units if embedded[key] and key not in contested]
     if not keys:
+        for key in contested:   # nothing else tells who the identity is
+            for i in units[key]:
+                decision.rejected[i] = Reason.AMBIGUOUS_TARGET
         return decision
     vectors = {i: np.asarray(faces[i].embedding, np.float32).reshape(-1)
                for key in keys for i in embedded[key]}
@@ -135,10 +140,43 @@ def decide_identity(faces: Sequence[FaceInput], config: IdentityConfig) -> Ident
         if label != dominant:
             for i in units[key]:
                 decision.rejected[i] = Reason.IDENTITY_MISMATCH
+    _resolve_contested(faces, units, embedded, contested, vectors, decision,
+                       config.same_person())
+    # The kept person is every face not rejected (a contested clip's winner included): its mean
+    # and each embedded face's distance to it are what the manifests record and verify checks.
+    kept = np.stack([v for i, v in vectors.items() if i not in decision.rejected])
+    decision.centroid = normalise_rows(kept.mean(axis=0, keepdims=True))[0]
+    decision.distances = {i: float(cosine_distances(v[None], decision.centroid[None])[0, 0])
+                          for i, v in vectors.items()}
     if decision.rejected:
         decision.message = (f"{len(weight)} people among its faces; kept the one with "
                             f"{int(weight[dominant])} of {int(weight.sum())} faces")
     return decision
+
+
+def _resolve_contested(faces, units, embedded, contested, vectors, decision, threshold) -> None:
+    """Per hint-less two-people clip: the track whose mean matches the kept person (within
+    `threshold`) while the other does not is the clip's person; otherwise the clip stays
+    ambiguous_target."""
+    for i, face in enumerate(faces):
+        if face.contested and face.embedding is not None:
+            vectors[i] = np.asarray(face.embedding, np.float32).reshape(-1)
+    by_clip: dict[str, list[tuple[str, int]]] = {}
+    for key in sorted(contested):
+        by_clip.setdefault(key[0], []).append(key)
+    for keys in by_clip.values():
+        distance = {}
+        for key in keys:
+            if embedded[key]:
+                mean = normalise_rows(np.mean([vectors[i] for i in embedded[key]], axis=0)[None])
+                distance[key] = float(cosine_distances(mean, decision.centroid[None])[0, 0])
+        matching = [key for key, d in distance.items() if d <= threshold]
+        for key in keys:
+            reason = None if matching == [key] else (
+                Reason.NOT_TARGET_PERSON if len(matching) == 1 else Reason.AMBIGUOUS_TARGET)
+            for i in units[key]:
+                if reason is not None:
+                    decision.rejected[i] = reason
 
 
 def check_identity(faces: list, rejected: list, clip_rows: list[dict], config: IdentityConfig
@@ -148,7 +186,8 @@ def check_identity(faces: list, rejected: list, clip_rows: list[dict], config: I
     with their `cand.reason` set, the decision); clip rows (dicts of the clips manifest) whose
     usable faces all left become `skipped` with the reason. Sets `cand.identity_distance`."""
     keys = [f"{face.clip.source}:{face.clip.clip_id}" for face in faces]
-    decision = decide_identity([FaceInput(key, face.cand.track, face.cand.embedding)
+    decision = decide_identity([FaceInput(key, face.cand.track, face.cand.embedding,
+                                          bool(getattr(face.cand, "contested", False)))
                                 for key, face in zip(keys, faces, strict=True)], config)
     for i, face in enumerate(faces):
         face.cand.identity_distance = decision.distances.get(i)
@@ -163,16 +202,27 @@ def check_identity(faces: list, rejected: list, clip_rows: list[dict], config: I
             face.cand.status, face.cand.reason = Status.REJECTED, reason.value
             rejected.append(face)
     left = {key for i, key in enumerate(keys) if i not in decision.rejected}
-    gone = {key for i, key in enumerate(keys) if i in decision.rejected} - left
+    reasons: dict[str, list[Reason]] = {}
+    for i, key in enumerate(keys):
+        if i in decision.rejected and key not in left:
+            reasons.setdefault(key, []).append(decision.rejected[i])
     for row in clip_rows:
         key = f"{row['source']}:{row['clip_id']}"
-        if key in gone and row["status"] == Status.OK:
-            row["status"], row["reason"] = Status.SKIPPED, Reason.IDENTITY_MISMATCH.value
-            row["message"] = (f"its faces are another person than the identity's own "
-                              f"({decision.message})")
+        if key in reasons and row["status"] == Status.OK:
+            reason = max(set(reasons[key]), key=lambda r: (reasons[key].count(r), r.value))
+            row["status"], row["reason"] = Status.SKIPPED, reason.value
+            row["message"] = CLIP_MESSAGES[reason].format(detail=decision.message)
             row["n_candidates"] = 0
-            decision.clip_reasons[key] = (Reason.IDENTITY_MISMATCH, row["message"])
+            decision.clip_reasons[key] = (reason, row["message"])
     return kept, rejected, decision
+
+
+CLIP_MESSAGES = {
+    Reason.IDENTITY_MISMATCH: "its faces are another person than the identity's own ({detail})",
+    Reason.AMBIGUOUS_TARGET: "two people of similar size and no box hint, and neither (or both) "
+                             "matches the identity's other clips",
+    Reason.NOT_TARGET_PERSON: "two people of similar size; the identity's person is not in it",
+}
 
 
 def dropped_selection(decision: IdentityDecision):

@@ -11,7 +11,10 @@ Embeddings: with an identity model, up to `IdentityConfig.embeddings_per_track` 
 the clip's person (0: all), spread evenly over the clip, carry an L2-normalised `embedding`; the
 rest of the track is the same person by construction (its boxes are linked frame to frame).
 Whether the clip's person is the identity's person is decided per identity, across clips
-(`curation.build.identity_check.decide_identity`), not here.
+(`curation.build.identity_check.decide_identity`), not here. So is, with an identity model, the
+person of a hint-less clip with two people of similar size: both tracks stay candidates marked
+`contested` (track 0 and 1) instead of the whole clip becoming `ambiguous_target`; a consumer of
+usable faces must run the identity check before selection.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from curation.faces.detection import (
     ambiguous_target,
     face_size,
     make_detector,
+    ranked_tracks,
     select_target,
 )
 from curation.faces.identity import IdentityConfig, make_embedder
@@ -110,6 +114,10 @@ class FaceCandidate:
     mask: np.ndarray | None = field(default=None, repr=False)   # S x S uint8 {0,255}
     embedding: np.ndarray | None = field(default=None, repr=False)  # (dim,) unit float32
     track: int = 0                             # the clip's person track (0: the clip's own)
+    # Two people of similar size and no hint: both tracks (0, 1) are kept as contested
+    # candidates and the identity check picks the one that matches the identity's other clips
+    # (`curation.build.identity_check`); only with an identity model, else ambiguous_target.
+    contested: bool = False
     embedding_model: str | None = None         # the IdentityModel of `embedding`
     identity_distance: float | None = None     # set by the identity check: to the kept person
 
@@ -358,11 +366,13 @@ class FaceAnalyzer:
         face.mask = face_mask(landmarks, self._oval, matrix, size)
         face.sharpness = sharpness(face.crop)
 
-    @staticmethod
-    def _keep_target_person(per_frame: list[list[Detection]],
+    def _keep_target_person(self, per_frame: list[list[Detection]],
                             faces: list[list[FaceCandidate]], hint: Box | None) -> None:
         chosen = select_target(per_frame, hint)
         if hint is None and ambiguous_target(per_frame, chosen):
+            if self.embedder is not None:
+                self._keep_both_people(per_frame, faces)
+                return
             for frame_faces in faces:
                 for face in frame_faces:
                     if face.status == CANDIDATE:
@@ -371,6 +381,20 @@ class FaceAnalyzer:
         for target, frame_faces in zip(chosen, faces, strict=True):
             for i, face in enumerate(frame_faces):
                 if i != target:
+                    face.reject(Reason.NOT_TARGET_PERSON)
+
+    @staticmethod
+    def _keep_both_people(per_frame: list[list[Detection]],
+                          faces: list[list[FaceCandidate]]) -> None:
+        """The two heaviest tracks stay candidates (track 0, 1, contested); others are not
+        the clip's person."""
+        tracks = ranked_tracks(per_frame)[:2]
+        for frame, frame_faces in enumerate(faces):
+            for i, face in enumerate(frame_faces):
+                owner = [k for k, track in enumerate(tracks) if track.get(frame) == i]
+                if owner:
+                    face.track, face.contested = owner[0], True
+                else:
                     face.reject(Reason.NOT_TARGET_PERSON)
 
     @staticmethod

@@ -236,17 +236,22 @@ def select_target(per_frame: Sequence[Sequence[Detection]],
             chosen.append(best if best >= 0 and scores[best] > 0 else None)
         return chosen
     chosen = [None] * len(per_frame)
-    tracks = face_tracks(per_frame)
+    tracks = ranked_tracks(per_frame)
     if not tracks:
         return chosen
+    for frame, index in tracks[0].items():
+        chosen[frame] = index
+    return chosen
 
+
+def ranked_tracks(per_frame: Sequence[Sequence[Detection]]) -> list[dict[int, int]]:
+    """`face_tracks`, the heaviest first: total face size over the clip (ties: earlier start).
+    The first is the clip's person when there is no hint (`select_target`)."""
     def weight(track: dict[int, int]) -> tuple[float, int]:
         total = sum(face_size(per_frame[f][i].bbox) for f, i in track.items())
         return total, -min(track)
 
-    for frame, index in max(tracks, key=weight).items():
-        chosen[frame] = index
-    return chosen
+    return sorted(face_tracks(per_frame), key=weight, reverse=True)
 
 
 def face_tracks(per_frame: Sequence[Sequence[Detection]]) -> list[dict[int, int]]:
