@@ -119,7 +119,10 @@ class Evaluator:
             max_samples: int | None = None) -> list[dict]:
         was_training = model.training
         model.eval()
-        rows = [self.pass_for(model, shards, n_in, max_samples) for n_in in n_inputs]
+        # as in training: bf16 autocast on CUDA (FLUX's frozen base is bf16 there)
+        with torch.autocast("cuda", dtype=torch.bfloat16,
+                            enabled=torch.device(self.device).type == "cuda"):
+            rows = [self.pass_for(model, shards, n_in, max_samples) for n_in in n_inputs]
         model.train(was_training)
         return rows
 

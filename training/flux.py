@@ -114,20 +114,31 @@ class PoseInput(nn.Module):
         return self.base(latent) + self.pose(pose.float()).to(latent.dtype)
 
 
+def load_flux_modules(config: FlowConfig) -> tuple[nn.Module, nn.Module, dict]:
+    """(transformer, vae, prompt embeddings) from the local files the config names."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    root = require_file(config.flux_path, "FLUX diffusers folder",
+                        "Point --flux at a local copy of FLUX.1-dev in diffusers layout "
+                        "(transformer/, vae/, text_encoder*/, tokenizer*/).")
+    dtype = getattr(torch, str(config.flux_dtype))
+    transformer = FluxTransformer2DModel.from_pretrained(
+        root, subfolder="transformer", torch_dtype=dtype, local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype,
+                                        local_files_only=True)
+    return transformer, vae, load_prompt_embeds(config.prompt_embeds)
+
+
 class FluxDecoder(ConditionalFlowDecoder):
-    def __init__(self, config: FlowConfig, id_dim: int, image_size: int):
+    """See the module doc. `modules` = (transformer, vae, prompt embeddings) built elsewhere
+    (memory estimates on fake tensors); by default they load from the config's files."""
+
+    def __init__(self, config: FlowConfig, id_dim: int, image_size: int,
+                 modules: tuple[nn.Module, nn.Module, dict] | None = None):
         super().__init__(config)
-        from diffusers import AutoencoderKL, FluxTransformer2DModel
         from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor
 
-        root = require_file(config.flux_path, "FLUX diffusers folder",
-                            "Point --flux at a local copy of FLUX.1-dev in diffusers layout "
-                            "(transformer/, vae/, text_encoder*/, tokenizer*/).")
-        dtype = getattr(torch, str(config.flux_dtype))
-        transformer = FluxTransformer2DModel.from_pretrained(
-            root, subfolder="transformer", torch_dtype=dtype, local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype,
-                                            local_files_only=True)
+        transformer, vae, prompt = modules or load_flux_modules(config)
         transformer.requires_grad_(False).eval()
         vae.requires_grad_(False).eval()
         if config.flux_grad_checkpointing:
@@ -161,7 +172,6 @@ class FluxDecoder(ConditionalFlowDecoder):
             self.frozen_keys |= {"transformer.x_embedder.base.weight",
                                  "transformer.x_embedder.base.bias"}
             transformer.x_embedder = PoseInput(transformer.x_embedder, 4 * POSE_CHANNELS)
-        prompt = load_prompt_embeds(config.prompt_embeds)
         # persistent: a checkpoint carries the prompt it was trained with (a few MB)
         self.register_buffer("prompt_embeds", prompt["prompt_embeds"])
         self.register_buffer("pooled_prompt_embeds", prompt["pooled_prompt_embeds"])

@@ -187,10 +187,11 @@ def to_signed(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-def build_flow_decoder(config: FlowConfig, id_dim: int, image_size: int) -> ConditionalFlowDecoder:
+def build_flow_decoder(config: FlowConfig, id_dim: int, image_size: int,
+                       flux_modules: tuple | None = None) -> ConditionalFlowDecoder:
     if config.decoder == FlowDecoderKind.FLUX:
         from training.flux import FluxDecoder  # only FLUX runs need diffusers
-        return FluxDecoder(config, id_dim, image_size)
+        return FluxDecoder(config, id_dim, image_size, flux_modules)
     return DiTFlowDecoder(config, id_dim, image_size)
 
 
@@ -242,7 +243,8 @@ class OmniID(nn.Module):
     the losses and decides which of them train the encoder (`phase_at`).
     """
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, flux_modules: tuple | None = None):
+        """`flux_modules`: see `training.flux.FluxDecoder` (default: loaded from files)."""
         super().__init__()
         self.stage = Stage(config.stage)
         size, target = config.data.image_size, config.data.target_px
@@ -251,7 +253,7 @@ class OmniID(nn.Module):
         if self.stage in (Stage.MTD, Stage.JOINT):
             self.mtd = MaskedTransformerDecoder(config.mtd, config.encoder.dim, target)
         if self.stage in (Stage.FLOW, Stage.JOINT):
-            self.flow = build_flow_decoder(config.flow, config.encoder.dim, target)
+            self.flow = build_flow_decoder(config.flow, config.encoder.dim, target, flux_modules)
 
     @property
     def has_mtd(self) -> bool:

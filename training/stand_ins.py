@@ -20,6 +20,7 @@ be downloaded on our machines; the loading code under test is the real one).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +47,42 @@ class FluxSize:
 
 
 TINY_FLUX = FluxSize()
+# FLUX.1-dev's transformer and VAE configuration (its released config.json files)
+FLUX_DEV = FluxSize(layers=19, single_layers=38, heads=24, head_dim=128,
+                    axes_dims_rope=(16, 56, 56), text_width=4096, pooled_width=768,
+                    latent_channels=16, vae_channels=(128, 256, 512, 512), vae_layers=2,
+                    vae_groups=32)
 # FLUX.1-dev's widths with 2 + 4 of its 19 + 38 blocks: the GPU check's reduced-depth decoder
-REDUCED_FLUX = FluxSize(layers=2, single_layers=4, heads=24, head_dim=128,
-                        axes_dims_rope=(16, 56, 56), text_width=4096, pooled_width=768,
-                        latent_channels=16, vae_channels=(128, 256, 512, 512), vae_layers=2,
-                        vae_groups=32)
+REDUCED_FLUX = dataclasses.replace(FLUX_DEV, layers=2, single_layers=4)
+T5_TOKENS = 512
+
+
+def build_flux_modules(size: FluxSize = TINY_FLUX) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """FLUX's transformer and VAE classes at `size`, random weights (on the current device)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * size.latent_channels, num_layers=size.layers,
+        num_single_layers=size.single_layers, attention_head_dim=size.head_dim,
+        num_attention_heads=size.heads, joint_attention_dim=size.text_width,
+        pooled_projection_dim=size.pooled_width, guidance_embeds=True,
+        axes_dims_rope=size.axes_dims_rope)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=size.latent_channels,
+        block_out_channels=size.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(size.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(size.vae_channels),
+        layers_per_block=size.vae_layers, norm_num_groups=size.vae_groups,
+        scaling_factor=0.3611, shift_factor=0.1159,   # FLUX.1's VAE
+        use_quant_conv=False, use_post_quant_conv=False)
+    return transformer, vae
+
+
+def stand_in_prompt(size: FluxSize, tokens: int = T5_TOKENS) -> dict[str, torch.Tensor]:
+    """Random prompt embeddings of FLUX's shapes (when no text encoders are at hand)."""
+    g = torch.Generator().manual_seed(0)
+    return {"prompt_embeds": torch.randn(1, tokens, size.text_width, generator=g),
+            "pooled_prompt_embeds": torch.randn(1, size.pooled_width, generator=g)}
 
 
 def _tokenizer(path: Path) -> None:
@@ -67,26 +99,10 @@ def _tokenizer(path: Path) -> None:
 
 def write_tiny_flux(root: Path, seed: int = 0, text_encoders: bool = True,
                     size: FluxSize = TINY_FLUX, dtype: torch.dtype = torch.float32) -> Path:
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
-
     torch.manual_seed(seed)
-    # (cast only when asked: diffusers warns on any `.to(dtype)` of a model)
-    cast = (lambda m: m) if dtype == torch.float32 else (lambda m: m.to(dtype))
-    cast(FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * size.latent_channels, num_layers=size.layers,
-        num_single_layers=size.single_layers, attention_head_dim=size.head_dim,
-        num_attention_heads=size.heads, joint_attention_dim=size.text_width,
-        pooled_projection_dim=size.pooled_width, guidance_embeds=True,
-        axes_dims_rope=size.axes_dims_rope,
-    )).save_pretrained(root / "transformer")
-    cast(AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=size.latent_channels,
-        block_out_channels=size.vae_channels,
-        down_block_types=("DownEncoderBlock2D",) * len(size.vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(size.vae_channels),
-        layers_per_block=size.vae_layers, norm_num_groups=size.vae_groups,
-        scaling_factor=0.3611, shift_factor=0.1159,   # FLUX.1's VAE
-    )).save_pretrained(root / "vae")
+    for name, module in zip(("transformer", "vae"), build_flux_modules(size), strict=True):
+        # (cast only when asked: diffusers warns on any `.to(dtype)` of a model)
+        (module if dtype == torch.float32 else module.to(dtype)).save_pretrained(root / name)
     if text_encoders:
         from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -103,14 +119,10 @@ def write_tiny_flux(root: Path, seed: int = 0, text_encoders: bool = True,
     return root
 
 
-def write_prompt_stand_in(path: Path, size: FluxSize, tokens: int = 512) -> Path:
-    """Random prompt embeddings of FLUX's shapes (when no text encoders are at hand)."""
+def write_prompt_stand_in(path: Path, size: FluxSize, tokens: int = T5_TOKENS) -> Path:
     from safetensors.torch import save_file
 
-    g = torch.Generator().manual_seed(0)
-    save_file({"prompt_embeds": torch.randn(1, tokens, size.text_width, generator=g),
-               "pooled_prompt_embeds": torch.randn(1, size.pooled_width, generator=g)},
-              str(path), metadata={"prompt": "stand-in"})
+    save_file(stand_in_prompt(size, tokens), str(path), metadata={"prompt": "stand-in"})
     return path
 
 

@@ -1,0 +1,105 @@
+"""Per-GPU memory of a training step, estimated without a GPU or real weights:
+
+    python bench/memory_estimate.py --preset paper --stage joint --batch-sizes 1 8
+
+The model is built under `FakeTensorMode` (shapes and dtypes only, no storage), FLUX at
+FLUX.1-dev's full configuration (19 + 38 blocks, bf16, frozen) from the real diffusers classes,
+and one training step (bf16 autocast, backward, AdamW step) runs under PyTorch's `MemTracker`,
+which records the peak of live tensors by kind: parameters, gradients, optimiser state,
+activations. The step runs on the CPU device (autocast "cpu" in bf16 follows the same
+bf16-matmul policy as CUDA's); CUDA allocator overhead (caching, fragmentation, cuBLAS / flash
+workspaces) is not included: budget ~10 % on top. `--stage mtd` is the warm-up phase, `joint`
+the MTD + flow step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import FlowDecoderKind, Stage, TrainConfig, preset  # noqa: E402
+from training.model import OmniID, phase_at  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
+
+GIB = 2**30
+
+
+def fake_batch(config: TrainConfig, batch_size: int) -> tuple[torch.Tensor, ...]:
+    s, t = config.data.image_size, config.data.target_px
+    n_in, n_tgt = config.data.n_in, config.data.n_tgt
+    return (torch.zeros(batch_size, n_in, 3, s, s, dtype=torch.uint8),
+            torch.zeros(batch_size, n_tgt, 3, t, t, dtype=torch.uint8),
+            torch.full((batch_size, n_tgt, 1, t, t), 255, dtype=torch.uint8),
+            torch.rand(batch_size, n_tgt, 5, 2))
+
+
+def estimate(config: TrainConfig, batch_size: int, flux_size=None) -> dict[str, float]:
+    """GiB by kind at the step's peak, plus parameter counts (millions)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from training.stand_ins import FLUX_DEV, build_flux_modules, stand_in_prompt
+
+    # built on the meta device (timm's init reads values, which fake tensors cannot give), then
+    # given fake storage
+    with torch.device("meta"):
+        modules = None
+        if config.stage != Stage.MTD and config.flow.decoder == FlowDecoderKind.FLUX:
+            size = flux_size or FLUX_DEV
+            transformer, vae = build_flux_modules(size)
+            dtype = getattr(torch, str(config.flow.flux_dtype))
+            modules = (transformer.to(dtype), vae.to(dtype), stand_in_prompt(size))
+        model = OmniID(config, flux_modules=modules)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = model.to_empty(device="cpu")
+        optimizer = build_optimizer(model, config.optim)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        batch = fake_batch(config, batch_size)
+        phase = phase_at(config, 10**9)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        # a first step allocates AdamW's state; the tracked second step is the steady state
+        with autocast:
+            model(*batch, phase=phase)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tracker = MemTracker()
+        tracker.track_external(model, optimizer)
+        with tracker:
+            with autocast:
+                model(*batch, phase=phase)["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
+    out = {str(kind.value if hasattr(kind, "value") else kind): v / GIB for kind, v in peak.items()}
+    out["trainable_M"], out["frozen_M"] = trainable / 1e6, frozen / 1e6
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="paper", choices=("tiny", "paper"))
+    p.add_argument("--stage", type=Stage, default=Stage.JOINT, choices=tuple(Stage))
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    args = p.parse_args(argv)
+    print(f"{'preset':<7} {'stage':<6} {'batch':>5} {'trainable M':>12} {'frozen M':>9} "
+          f"{'params':>7} {'grads':>6} {'optim':>6} {'activ.':>7} {'total GiB':>9}")
+    for batch_size in args.batch_sizes:
+        config = preset(args.preset)
+        config.stage, config.backbone.weights = args.stage, ""
+        row = estimate(config, batch_size)
+        print(f"{args.preset:<7} {args.stage:<6} {batch_size:>5} {row['trainable_M']:>12.0f} "
+              f"{row['frozen_M']:>9.0f} {row['Parameter'] + row['Buffer']:>7.1f} "
+              f"{row['Gradient']:>6.1f} {row['Optstate']:>6.1f} "
+              f"{row['Activation'] + row['Temp']:>7.1f} {row['Total']:>9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
