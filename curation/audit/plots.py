@@ -144,7 +144,7 @@ def face_size_png(considered: pd.DataFrame, selected: pd.DataFrame,
     ax = fig.subplots()
     sizes, sel = _finite(considered["face_size"]), _finite(selected["face_size"])
     ax.set_title(f"face size (n={len(sizes)} considered faces with a size)")
-    ax.set_xlabel("face size (px, longer side of the detection box)")
+    ax.set_xlabel("face size (px, side of the source region that becomes the crop)")
     ax.set_ylabel("faces")
     if not len(sizes):
         _no_data(ax)
@@ -160,4 +160,21 @@ def face_size_png(considered: pd.DataFrame, selected: pd.DataFrame,
         ax.axvline(min_face_size, color="black", linestyle="--",
                    label=f"--min-face-size {min_face_size:g} ({below} below)")
     ax.legend(loc="upper left")
+    return figure_png(fig)
+
+
+def consistency_png(kept: pd.DataFrame) -> bytes:
+    """Distribution over kept identities of their identity consistency (the largest cosine
+    distance of their embedded faces to their mean): one person gives small values."""
+    fig = Figure(figsize=(12, 3.2), layout="constrained")
+    ax = fig.subplots()
+    values = _finite(kept["identity_consistency"]) if "identity_consistency" in kept else \
+        np.zeros(0)
+    ax.set_title(f"identity consistency of kept identities (n={len(values)})")
+    ax.set_xlabel("largest cosine distance of a face to its identity's mean embedding")
+    ax.set_ylabel("identities")
+    if not len(values):
+        _no_data(ax, "no embeddings (identity model none, or nothing kept)")
+        return figure_png(fig)
+    ax.hist(values, bins=30, color=SELECTED_COLOR)
     return figure_png(fig)

@@ -9,7 +9,10 @@ as data: URIs and nothing is fetched from the network. The counts shown in the t
 embedded, machine-readable, in `<script type="application/json" id="counts">`.
 
 Crops for the contact sheets are read from the shard tars with `tarfile` (members are read as
-bytes, never extracted or unpickled).
+bytes, never extracted or unpickled). The identity section shows, for identities that lost clips
+to another person (`identity_mismatch`), the kept crops beside the rejected faces, which no
+shard holds: those are cut from the source videos named in the clips manifest (the frame and
+box of the faces manifest), so they need the source files where the build read them.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ UNKNOWN = "unknown"                # a null source or reason
 THUMB_JPEG_QUALITY = 85
 MAX_MEMBER_BYTES = 32 * 1024 * 1024
 FACE_COLUMNS = ["identity_id", "source", "clip_id", "face_size", "yaw", "pitch", "roll",
-                "quality", "quality_model", "selected", "image_index", "reason", "split"]
+                "quality", "quality_model", "selected", "image_index", "reason", "split",
+                "frame_index", "bbox", "identity_distance"]
+MISMATCH_FACES_SHOWN = 8           # rejected faces cut from the source videos per identity
 
 
 @dataclass
@@ -75,6 +80,7 @@ class BuildTables:
     identities: pd.DataFrame
     shards: pd.DataFrame
     run: dict[str, Any]
+    manifests_dir: Path | None = None     # for takedowns.parquet (identity section)
 
 
 @dataclass
@@ -143,7 +149,7 @@ def read_build(config: ReportConfig) -> BuildTables:
         faces=read_manifest(config.manifests_dir, "faces", FACE_COLUMNS, progress=p),
         identities=read_manifest(config.manifests_dir, "identities", progress=p),
         shards=read_manifest(config.manifests_dir, "shards"),
-        run=read_run_record(config.manifests_dir))
+        run=read_run_record(config.manifests_dir), manifests_dir=config.manifests_dir)
 
 
 # --- counting -----------------------------------------------------------------------------------
@@ -278,7 +284,50 @@ def compute_counts(tables: BuildTables) -> dict:
                  "identities_with_spread": int(kept["yaw_std"].notna().sum())},
         "quality": quality_summary(faces, tables.run),
         "face_size": face_size_summary(faces, tables.run),
+        "identity": identity_summary(tables),
     }
+
+
+def identity_summary(tables: BuildTables) -> dict:
+    """The identity checks in numbers: consistency of kept identities, people told apart,
+    faces and clips rejected as another person, drops, duplicate groups and removals."""
+    from curation.records import Reason
+
+    faces, idents, clips = tables.faces, tables.identities, tables.clips
+    kept = idents[idents["status"] == Status.KEPT]
+    consistency = kept["identity_consistency"].dropna()
+    grouped = kept[kept["duplicate_group"].notna()]
+    groups = {str(g): sorted(map(str, rows["identity_id"]))
+              for g, rows in grouped.groupby("duplicate_group")}
+    return {
+        "model": ((tables.run.get("models") or {}).get("identity") or {}).get("model"),
+        "kept_with_consistency": int(len(consistency)),
+        "consistency_median": _round(consistency.median()) if len(consistency) else None,
+        "consistency_max": _round(consistency.max()) if len(consistency) else None,
+        "identities_with_several_people": int((idents["n_persons"].fillna(0) > 1).sum()),
+        "faces_identity_mismatch": int((faces["reason"] == Reason.IDENTITY_MISMATCH).sum()),
+        "clips_identity_mismatch": int((clips["reason"] == Reason.IDENTITY_MISMATCH).sum()),
+        "identities_no_dominant_person": int((idents["reason"]
+                                              == Reason.NO_DOMINANT_PERSON).sum()),
+        "duplicate_groups": groups,
+        "duplicate_groups_across_splits": sorted(
+            g for g, rows in grouped.groupby("duplicate_group") if rows["split"].nunique() > 1),
+        "removed_as_duplicates_across_splits": removed_duplicates(tables),
+    }
+
+
+def removed_duplicates(tables: BuildTables) -> int:
+    """Identities the cross-split pass removed (their record is salted: a count, no ids)."""
+    from curation import takedowns
+    from curation.records import Reason
+
+    path = Path(tables.manifests_dir) / takedowns.TAKEDOWNS_FILE if tables.manifests_dir \
+        else None
+    if path is None or not path.exists():
+        return 0
+    record = takedowns.pq.read_table(path, columns=["id_kind", "reason"]).to_pandas()
+    return int(((record["id_kind"] == "identity")
+                & (record["reason"] == Reason.DUPLICATE_ACROSS_SPLITS)).sum())
 
 
 # --- contact sheets -----------------------------------------------------------------------------
@@ -361,6 +410,81 @@ def load_contact_sheets(config: ReportConfig, identities: pd.DataFrame) -> list[
     bar = _progress(chosen, len(chosen), "contact sheets", config.progress and bool(chosen))
     return [load_contact_sheet(config.shards_dir, identities, ident, requested,
                                config.thumb_size) for ident, requested in bar]
+
+
+@dataclass
+class MismatchSheet:
+    """An identity that lost clips to another person: what was kept, what was rejected."""
+
+    kept: ContactSheet
+    rejected: list[SheetImage] = field(default_factory=list)
+    note: str | None = None
+
+
+def mismatch_identities(tables: BuildTables, limit: int) -> list[str]:
+    from curation.records import Reason
+
+    clips = tables.clips
+    lost = clips[clips["reason"] == Reason.IDENTITY_MISMATCH]
+    return sorted(set(lost["identity_id"].dropna()))[:max(limit, 0)]
+
+
+def cut_rejected_faces(tables: BuildTables, identity_id: str, thumb_size: int
+                       ) -> tuple[list[SheetImage], str | None]:
+    """Up to MISMATCH_FACES_SHOWN `identity_mismatch` faces of an identity, cut from the source
+    videos (frame and box from the faces manifest), spread over its rejected clips."""
+    import numpy as np
+    from PIL import Image
+
+    from curation.faces.decoding import open_frames
+    from curation.records import Reason
+
+    faces = tables.faces
+    rejected = faces[(faces["identity_id"] == identity_id)
+                     & (faces["reason"] == Reason.IDENTITY_MISMATCH)].sort_values(
+        ["clip_id", "frame_index"])
+    if not len(rejected):
+        return [], "no identity_mismatch face rows"
+    step = max(1, len(rejected) // MISMATCH_FACES_SHOWN)
+    chosen = rejected.iloc[::step].head(MISMATCH_FACES_SHOWN)
+    clips = tables.clips.set_index(["source", "clip_id"])
+    images: list[SheetImage] = []
+    problems: list[str] = []
+    for index, row in enumerate(chosen.itertuples(index=False)):
+        try:
+            clip = clips.loc[(row.source, row.clip_id)]
+            clip = clip.iloc[0] if isinstance(clip, pd.DataFrame) else clip
+            with open_frames(clip["video_path"]) as source:
+                frame = source.read([int(row.frame_index)])[0]
+            x0, y0, x1, y1 = (float(v) for v in row.bbox)
+            pad = 0.25 * max(x1 - x0, y1 - y0)
+            h, w = frame.shape[:2]
+            box = (max(0, int(x0 - pad)), max(0, int(y0 - pad)), min(w, int(x1 + pad)),
+                   min(h, int(y1 + pad)))
+            buffer = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(frame[box[1]:box[3], box[0]:box[2]])).save(
+                buffer, format="PNG")
+            jpeg, width = thumbnail_jpeg(buffer.getvalue(), thumb_size)
+            images.append(SheetImage(index, jpeg, width, {
+                "clip_id": row.clip_id, "source": row.source, "frame_index": row.frame_index,
+                "identity_distance": _round(row.identity_distance, 3)}))
+        except Exception as exc:  # noqa: BLE001 - a moved video loses a picture, not the report
+            problems.append(f"{row.clip_id}: {type(exc).__name__}: {exc}")
+    note = None
+    if problems:
+        note = (f"{len(problems)} rejected face(s) could not be cut from their source videos "
+                f"(moved or unreadable): {problems[0]}")
+    return images, note
+
+
+def load_mismatch_sheets(config: ReportConfig, tables: BuildTables) -> list[MismatchSheet]:
+    sheets = []
+    for identity_id in mismatch_identities(tables, config.identities):
+        kept = load_contact_sheet(config.shards_dir, tables.identities, identity_id, False,
+                                  config.thumb_size)
+        rejected, note = cut_rejected_faces(tables, identity_id, config.thumb_size)
+        sheets.append(MismatchSheet(kept, rejected, note))
+    return sheets
 
 
 def sheets_summary(sheets: list[ContactSheet]) -> list[dict]:
@@ -465,10 +589,15 @@ def _plot(png: bytes, alt: str) -> str:
     return f'<img class="plot" alt="{esc(alt)}" src="{data_uri(png, "image/png")}">'
 
 
+def _listed(value: Any) -> list:
+    return [] if value is None else list(value)
+
+
 def sheet_html(sheet: ContactSheet) -> str:
     row = sheet.row or {}
-    sources = ", ".join(map(str, row.get("sources") or [])) or "-"
-    videos = ", ".join(map(str, row.get("source_video_ids") or [])) or "-"
+    # list columns come back from Parquet as arrays: never test them for truth
+    sources = ", ".join(map(str, _listed(row.get("sources")))) or "-"
+    videos = ", ".join(map(str, _listed(row.get("source_video_ids")))) or "-"
     tag = " (named on the command line)" if sheet.requested else ""
     head = (f"<h3>{esc(sheet.identity_id)}{esc(tag)}</h3>"
             f'<div class="muted">split <b>{esc(row.get("split", "-"))}</b> &middot; sources '
@@ -486,6 +615,42 @@ def sheet_html(sheet: ContactSheet) -> str:
             f"{esc(c.get('clip_id'))}</figcaption></figure>")
     note = f'<p class="note">{esc(sheet.note)}</p>' if sheet.note else ""
     return f'<div class="sheet">{head}{note}<div class="crops">{"".join(figures)}</div></div>'
+
+
+def mismatch_html(sheet: MismatchSheet) -> str:
+    """The kept crops (from the shard) above the rejected faces (cut from the source videos)."""
+    figures = []
+    for im in sheet.rejected:
+        c = im.caption
+        figures.append(
+            f'<figure><img alt="{esc(sheet.kept.identity_id)} rejected face {im.index}" '
+            f'width="{im.width}" src="{data_uri(im.jpeg, "image/jpeg")}"><figcaption>'
+            f"{esc(c.get('source'))} {esc(c.get('clip_id'))} frame {esc(c.get('frame_index'))}"
+            f"<br>distance {esc(_fmt(c.get('identity_distance')))}</figcaption></figure>")
+    note = f'<p class="note">{esc(sheet.note)}</p>' if sheet.note else ""
+    return (f"{sheet_html(sheet.kept)}<div class=sheet><b>rejected as identity_mismatch</b> "
+            f'(cut from the source videos){note}<div class="crops">{"".join(figures)}</div>'
+            "</div>")
+
+
+def identity_html(counts: dict, kept: pd.DataFrame, mismatches: list[MismatchSheet]) -> str:
+    ident = counts["identity"]
+    groups = ident["duplicate_groups"]
+    across = set(ident["duplicate_groups_across_splits"])
+    rows = [[g, len(members), ", ".join(members), "yes" if g in across else "no"]
+            for g, members in sorted(groups.items())]
+    summary = _table(["figure", "value"], [[k, v] for k, v in ident.items()
+                                           if not isinstance(v, dict | list)], left=1)
+    return (f"<p>Identity model: <b>{esc(ident['model'] or '-')}</b>. An identity is a source "
+            "id; its faces are grouped into people by their embeddings, the dominant person is "
+            "kept, others are rejected as identity_mismatch. Consistency: the largest cosine "
+            "distance of a kept identity's embedded faces to their mean.</p>"
+            f"{summary}{_plot(plots.consistency_png(kept), 'identity consistency')}"
+            f"<h3>Identities that lost clips to identity_mismatch ({len(mismatches)})</h3>"
+            + "".join(mismatch_html(m) for m in mismatches)
+            + f"<h3>Duplicate groups ({len(groups)}; across splits: {len(across)}; removed "
+            f"from their minority split: {ident['removed_as_duplicates_across_splits']})</h3>"
+            + _table(["group", "identities", "members", "across splits"], rows, left=3))
 
 
 def _deg(value: Any) -> str:
@@ -518,11 +683,13 @@ def run_html(run: dict) -> str:
 
 
 SECTIONS = (("counts", "Counts"), ("pose", "Head pose"), ("quality", "Quality"),
-            ("size", "Face size"), ("sheets", "Contact sheets"), ("run", "Run"))
+            ("size", "Face size"), ("identity", "Identity"), ("sheets", "Contact sheets"),
+            ("run", "Run"))
 
 
 def render_html(config: ReportConfig, tables: BuildTables, counts: dict,
-                sheets: list[ContactSheet]) -> str:
+                sheets: list[ContactSheet], mismatches: list[MismatchSheet] | None = None
+                ) -> str:
     faces = tables.faces
     cand = faces[candidate_mask(faces)]
     sel = faces[faces["selected"].astype(bool)]
@@ -555,6 +722,7 @@ def render_html(config: ReportConfig, tables: BuildTables, counts: dict,
         f'<h2 id="size">Face size</h2><p>Minimum face size of this build: '
         f'{esc("-" if min_size is None else f"{min_size:g}")} px; {esc(_fmt(counts["face_size"]["below_min"]))} considered '
         f"faces below it.</p>{_plot(plots.face_size_png(faces, sel, min_size), 'face size')}",
+        f'<h2 id="identity">Identity</h2>{identity_html(counts, kept, mismatches or [])}',
         f'<h2 id="sheets">Contact sheets</h2><p class=muted>{len(sheets)} identities: named '
         f"ones, then a sample of kept identities drawn with seed {config.seed}.</p>"
         + "".join(sheet_html(s) for s in sheets),
@@ -574,7 +742,7 @@ def write_report(config: ReportConfig) -> Path:
     tables = read_build(config)
     counts = compute_counts(tables)
     sheets = load_contact_sheets(config, tables.identities)
-    page = render_html(config, tables, counts, sheets)
+    page = render_html(config, tables, counts, sheets, load_mismatch_sheets(config, tables))
     path = config.report_path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -13,7 +13,11 @@ Checks, each problem printed as one line (`<file>: <what is wrong>`):
   its `faces` rows (clip, frame, pose, quality of the selected faces); the kept identities of a
   shard are exactly its samples;
 - no source video id is in both splits;
-- no id whose removal is recorded in `takedowns.parquet` occurs in the manifests or samples.
+- no id whose removal is recorded in `takedowns.parquet` occurs in the manifests or samples;
+- identity checks (`curation.build.identity_check`): every kept identity's recorded
+  `identity_consistency` equals the one recomputed from its faces' recorded embeddings (and each
+  face's `identity_distance` agrees), no face of another person (`identity_mismatch`) was
+  selected, and no `duplicate_group` has kept identities in both splits.
 Exit status 0 when clean, 1 when there are problems, 2 when there is no build to check.
 """
 
@@ -357,6 +361,58 @@ def _check_takedowns(config: VerifyConfig, frames: dict, records: list[dict],
                      f"({what})")
 
 
+# --- identity checks ---------------------------------------------------------------------------
+
+CONSISTENCY_TOLERANCE = 1e-4   # float32 embeddings, recomputed in float64
+
+
+def _check_identities(config: VerifyConfig, frames: dict, problems: Problems) -> None:
+    """Recompute each kept identity's consistency from the faces manifest's embeddings."""
+    import numpy as np
+
+    from curation.build.identity_check import PERSON_FACE_REASONS
+    from curation.faces.identity import normalise_rows
+    from curation.records import Reason
+
+    idents, faces = frames["identities"], frames["faces"]
+    if "embedding" not in faces or "identity_consistency" not in idents:
+        return
+    mismatched = faces[faces["selected"] & (faces["reason"] == Reason.IDENTITY_MISMATCH)]
+    for identity_id in sorted(set(mismatched["identity_id"])):
+        problems.add(config.manifests_dir, f"{identity_id}: a face of another person "
+                                           f"({Reason.IDENTITY_MISMATCH}) is selected")
+    person = faces[faces["embedding"].notna() & (faces["reason"].isna() | faces["reason"].isin(
+        PERSON_FACE_REASONS[1:]))]
+    by_identity = {k: g for k, g in person.groupby("identity_id")}
+    kept = idents[idents["status"] == Status.KEPT]
+    for row in kept.itertuples(index=False):
+        group = by_identity.get(row.identity_id)
+        recorded = row.identity_consistency
+        if group is None:
+            if recorded is not None and np.isfinite(recorded):
+                problems.add(config.manifests_dir, f"{row.identity_id}: identity_consistency "
+                                                   f"{recorded:.4f} but no face embeddings")
+            continue
+        vectors = np.stack([np.asarray(v, np.float64) for v in group["embedding"]])
+        centroid = normalise_rows(vectors.mean(axis=0, keepdims=True)).astype(np.float64)[0]
+        distances = 1.0 - np.clip(vectors @ centroid, -1.0, 1.0)
+        if recorded is None or not np.isfinite(recorded) \
+                or abs(distances.max() - recorded) > CONSISTENCY_TOLERANCE:
+            problems.add(config.manifests_dir,
+                         f"{row.identity_id}: identity_consistency {recorded} disagrees with its "
+                         f"faces' embeddings (recomputed {distances.max():.4f})")
+        recorded_d = group["identity_distance"].to_numpy(dtype=np.float64)
+        if not np.allclose(recorded_d, distances, atol=CONSISTENCY_TOLERANCE, equal_nan=False):
+            problems.add(config.manifests_dir, f"{row.identity_id}: faces' identity_distance "
+                                               "disagrees with their embeddings")
+    grouped = kept[kept["duplicate_group"].notna()]
+    for group_id, group in grouped.groupby("duplicate_group"):
+        if group["split"].nunique() > 1:
+            problems.add(config.manifests_dir,
+                         f"duplicate group {group_id} has kept identities in both splits "
+                         f"({', '.join(sorted(group['identity_id']))})")
+
+
 # --- the whole check ----------------------------------------------------------------------------
 
 def verify_build(config: VerifyConfig) -> list[str]:
@@ -389,6 +445,7 @@ def verify_build(config: VerifyConfig) -> list[str]:
                                          int(row.samples), problems)
     _check_split_leaks(config, frames, records, problems)
     _check_takedowns(config, frames, records, problems)
+    _check_identities(config, frames, problems)
     return problems.lines
 
 

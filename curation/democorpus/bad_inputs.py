@@ -25,11 +25,16 @@ TINY_FACE_FRACTION = 0.12  # ~60 px in a 512 frame: far below any useful --min-f
 TRUNCATED_KEEP = 0.4
 
 
+HOSTILE_YTB_ID = "Élodie-采访"
+
+
 def add_bad_inputs(plan: CorpusPlan, folder_owner: Identity, other: Identity,
-                   th_raw_chunk: str | None) -> None:
+                   th_raw_chunk: str | None, hostile_person: Identity | None = None) -> None:
     """folder_owner: the folder identity whose sub-folder gets the text file and the
     two-people clip (it is the target there); other: a different person, whose face the other
-    bad clips reuse."""
+    bad clips reuse; hostile_person: the person of the usable identity with hostile names
+    (default `other`): one whose own identity is in the same split, so that the build's
+    cross-split duplicate check keeps both (`identity_cases` has the deliberate case)."""
     folder_identity = folder_owner.name
     _empty_and_text(plan, folder_identity)
     _truncated(plan, other)
@@ -38,7 +43,7 @@ def add_bad_inputs(plan: CorpusPlan, folder_owner: Identity, other: Identity,
     _tiny_face(plan, other)
     _missing_videos(plan)
     _malformed_metadata(plan, th_raw_chunk)
-    _hostile_names(plan, other)
+    _hostile_names(plan, hostile_person or other)
 
 
 def _bad(plan: CorpusPlan, source: str, clip_id: str, path: str | None, kind: str,
@@ -203,7 +208,7 @@ def _hostile_names(plan: CorpusPlan, person: Identity) -> None:
 
     identity = Identity("bad_non_ascii", person.person, person.plate, person.index,
                         person.origin)
-    ytb_id = "Élodie-采访"
+    ytb_id = HOSTILE_YTB_ID
     add_celebvtext(plan, identity, ytb_id=ytb_id, first_video=0, clips=2)
     plan.identities.append({"name": identity.name, "person": identity.person,
                             "photo": identity.origin, "variant_of": None, "variant": None,

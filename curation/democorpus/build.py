@@ -12,7 +12,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from curation.democorpus import faces_source, layouts
-from curation.democorpus.bad_inputs import add_bad_inputs
+from curation.democorpus.bad_inputs import HOSTILE_YTB_ID, add_bad_inputs
+from curation.democorpus.identity_cases import add_identity_cases, same_split_person
 from curation.democorpus.plan import CLIP_FRAMES, FPS, CorpusPlan, Identity
 from curation.democorpus.render import CONVENTIONS, Scene, render_scene
 
@@ -138,7 +139,9 @@ def place_identities(plan: CorpusPlan, identities: list[Identity], with_bad: boo
         by_name = {identity.name: identity for identity in identities}
         folder_owner = by_name[firsts["folder"]] if "folder" in firsts else identities[0]
         others = [identity for identity in identities if identity.person != folder_owner.person]
-        add_bad_inputs(plan, folder_owner, others[0], firsts.get("th_raw_chunk"))
+        hostile = same_split_person(plan, others, HOSTILE_YTB_ID)
+        add_bad_inputs(plan, folder_owner, others[0], firsts.get("th_raw_chunk"), hostile)
+        add_identity_cases(plan, identities)
 
 
 def render_all(scenes: list[Scene], workers: int | None) -> None:
@@ -241,4 +244,5 @@ def make_summary(plan: CorpusPlan, identities: list[Identity], with_bad: bool) -
         "identities": plan.identities,
         "clips": plan.clips,
         "bad_inputs": plan.bad_inputs,
+        **({"identity_cases": plan.identity_cases} if with_bad else {}),
     }

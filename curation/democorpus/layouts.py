@@ -84,20 +84,27 @@ def add_celebvhq(plan: CorpusPlan, identity: Identity, with_raw: bool) -> str:
     if with_raw:
         _celebvhq_raw_pair(plan, identity, ytb_id, processed)
     else:
-        width, height = raw_canvas(plan)
         for k, profile in enumerate(plan.clip_profiles(identity)):
-            key = f"{ytb_id}_{k}"
-            out = plan.single_clip(identity, "celebvhq:" + key, profile,
-                                   plan.path(*processed, key + ".mp4"),
-                                   clip_header("celebvhq", key, identity, ytb_id=ytb_id))
-            start = plan.number("t0:" + key, 500, 9000) / 100
-            region = (even(0.2 * width), even(0.1 * height), plan.size, plan.size)
-            end = start + plan.clip_frames / FPS
-            plan.celebvhq[key] = celebvhq_entry(plan, ytb_id, start, end,
-                                                celebvhq_bbox(region, width, height), key)
-            plan.add_clip(identity, out, source_video_id=ytb_id, served_by="processed",
-                          identity_key=f"yt:{ytb_id}")
+            celebvhq_processed_clip(plan, identity, ytb_id, k, profile)
     return ytb_id
+
+
+def celebvhq_processed_clip(plan: CorpusPlan, identity: Identity, ytb_id: str, k: int,
+                            profile: str, **fields) -> None:
+    """Processed clip `<ytb_id>_<k>.mp4` of `identity`'s person, with its metadata entry."""
+    processed = ("celebvhq", "downloaded_celebvhq", "processed")
+    width, height = raw_canvas(plan)
+    key = f"{ytb_id}_{k}"
+    out = plan.single_clip(identity, "celebvhq:" + key, profile,
+                           plan.path(*processed, key + ".mp4"),
+                           clip_header("celebvhq", key, identity, ytb_id=ytb_id))
+    start = plan.number("t0:" + key, 500, 9000) / 100
+    region = (even(0.2 * width), even(0.1 * height), plan.size, plan.size)
+    end = start + plan.clip_frames / FPS
+    plan.celebvhq[key] = celebvhq_entry(plan, ytb_id, start, end,
+                                        celebvhq_bbox(region, width, height), key)
+    plan.add_clip(identity, out, source_video_id=ytb_id, served_by="processed",
+                  identity_key=f"yt:{ytb_id}", **fields)
 
 
 def _celebvhq_raw_pair(plan, identity, ytb_id, processed) -> None:
@@ -237,26 +244,32 @@ def add_talkinghead(plan: CorpusPlan, identity: Identity, with_raw: bool, split:
     tube 0 also has its cropped clip, tube 1 is served only by the chunk and its tube line,
     which (as in the real lists) was annotated at another resolution (2x) than the chunk."""
     ytid = plan.youtube_id("th:" + identity.name)
-    width, height = raw_canvas(plan)
     if with_raw:
         _talkinghead_raw_pair(plan, identity, ytid, split)
     else:
-        video_name = f"{ytid}_{plan.number('chunk:' + ytid, 1, 9):04d}"
         for k, profile in enumerate(plan.clip_profiles(identity)):
-            s = plan.number(f"s:{ytid}:{k}", 0, 1200) + k * 200
-            e = s + plan.clip_frames - 1
-            left = even(plan.number(f"l:{ytid}:{k}", 0, width - plan.size))
-            top = even(plan.number(f"t:{ytid}:{k}", 0, height - plan.size))
-            box = (left, top, left + plan.size, top + plan.size)
-            name = tube_clip_name(video_name, s, e, box)
-            out = plan.single_clip(identity, "th:" + name, profile,
-                                   plan.path("talkinghead1kh", "cropped_clips", name + ".mp4"),
-                                   clip_header("talkinghead1kh", name, identity, ytid=ytid))
-            plan.th_tubes[split].append(tube_line(video_name, height, width, s, e, box))
-            plan.add_clip(identity, out, source_video_id=ytid, served_by="processed",
-                          identity_key=f"yt:{ytid}")
+            talkinghead_tube(plan, identity, ytid, k, profile, split)
     plan.th_video_ids[split].append(ytid)
     return ytid
+
+
+def talkinghead_tube(plan: CorpusPlan, identity: Identity, ytid: str, k: int, profile: str,
+                     split: str, **fields) -> None:
+    """Tube k of video `ytid` (a cropped clip of one chunk) showing `identity`'s person."""
+    width, height = raw_canvas(plan)
+    video_name = f"{ytid}_{plan.number('chunk:' + ytid, 1, 9):04d}"
+    s = plan.number(f"s:{ytid}:{k}", 0, 1200) + k * 200
+    e = s + plan.clip_frames - 1
+    left = even(plan.number(f"l:{ytid}:{k}", 0, width - plan.size))
+    top = even(plan.number(f"t:{ytid}:{k}", 0, height - plan.size))
+    box = (left, top, left + plan.size, top + plan.size)
+    name = tube_clip_name(video_name, s, e, box)
+    out = plan.single_clip(identity, "th:" + name, profile,
+                           plan.path("talkinghead1kh", "cropped_clips", name + ".mp4"),
+                           clip_header("talkinghead1kh", name, identity, ytid=ytid))
+    plan.th_tubes[split].append(tube_line(video_name, height, width, s, e, box))
+    plan.add_clip(identity, out, source_video_id=ytid, served_by="processed",
+                  identity_key=f"yt:{ytid}", **fields)
 
 
 def _talkinghead_raw_pair(plan, identity, ytid, split) -> None:

@@ -48,6 +48,7 @@ class CorpusPlan:
     scenes: list[Scene] = field(default_factory=list)
     clips: list[dict] = field(default_factory=list)          # good clips, for corpus.json
     bad_inputs: list[dict] = field(default_factory=list)
+    identity_cases: list[dict] = field(default_factory=list)  # identity_cases.py
     identities: list[dict] = field(default_factory=list)
     celebvhq: dict = field(default_factory=dict)             # clip key -> entry
     celebvtext: dict = field(default_factory=dict)           # "<clip>.mp4" -> entry
