@@ -21,21 +21,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from trainer import model_inputs, synthetic_batch  # noqa: E402
 
 from training.config import FlowDecoderKind, Stage, TrainConfig, preset  # noqa: E402
 from training.model import OmniID, phase_at  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
 GIB = 2**30
-
-
-def fake_batch(config: TrainConfig, batch_size: int) -> tuple[torch.Tensor, ...]:
-    s, t = config.data.image_size, config.data.target_px
-    n_in, n_tgt = config.data.n_in, config.data.n_tgt
-    return (torch.zeros(batch_size, n_in, 3, s, s, dtype=torch.uint8),
-            torch.zeros(batch_size, n_tgt, 3, t, t, dtype=torch.uint8),
-            torch.full((batch_size, n_tgt, 1, t, t), 255, dtype=torch.uint8),
-            torch.rand(batch_size, n_tgt, 5, 2))
 
 
 def estimate(config: TrainConfig, batch_size: int, flux_size=None) -> dict[str, float]:
@@ -60,7 +54,7 @@ def estimate(config: TrainConfig, batch_size: int, flux_size=None) -> dict[str, 
         optimizer = build_optimizer(model, config.optim)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-        batch = fake_batch(config, batch_size)
+        batch = model_inputs(synthetic_batch(config, batch_size), torch.device("cpu"))
         phase = phase_at(config, 10**9)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16)
         # a first step allocates AdamW's state; the tracked second step is the steady state
