@@ -251,7 +251,7 @@ class TrainingLoop:
                 if result.applied and (step % config.log_every == 0 or step == config.max_steps):
                     elapsed = time.perf_counter() - window_start
                     self.metrics.write({
-                        "step": step, "loss": result.loss, "phase": phase.name,
+                        "step": step, "loss": result.loss, "phase": str(phase.name),
                         **{f"{k}_loss": v for k, v in result.parts.items()},
                         "grad_norm": result.grad_norm,
                         "lr": self.optimizer.param_groups[-1]["lr"], "epoch": epoch,

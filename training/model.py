@@ -10,6 +10,7 @@ not depend on the order of the input images.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,12 +196,20 @@ def build_flow_decoder(config: FlowConfig, id_dim: int, image_size: int,
     return DiTFlowDecoder(config, id_dim, image_size)
 
 
+class PhaseName(enum.StrEnum):
+    MTD = "mtd"                        # stage mtd
+    FLOW = "flow"                      # stage flow
+    JOINT = "joint"                    # stage joint after its warm-ups
+    MTD_WARMUP = "mtd_warmup"          # stage joint: the MTD loss alone
+    DECODER_WARMUP = "decoder_warmup"  # the flow decoder trains, its loss stops at the encoder
+
+
 @dataclass(frozen=True)
 class Phase:
     """What one step trains: each loss's weight (0: not computed) and whether its gradient
     reaches the encoder."""
 
-    name: str
+    name: PhaseName
     mtd_weight: float
     flow_weight: float
     encoder_from_mtd: bool
@@ -217,16 +226,16 @@ def phase_at(config: TrainConfig, step: int) -> Phase:
     o, stage = config.objective, Stage(config.stage)
     train_encoder = not o.freeze_encoder
     if stage == Stage.MTD:
-        return Phase("mtd", o.mtd_weight, 0.0, train_encoder, False)
+        return Phase(PhaseName.MTD, o.mtd_weight, 0.0, train_encoder, False)
     start = o.mtd_warmup_steps if stage == Stage.JOINT else 0
     mtd_weight = o.mtd_weight if stage == Stage.JOINT else 0.0
     if step < start:
-        return Phase("mtd_warmup", o.mtd_weight, 0.0, train_encoder, False)
+        return Phase(PhaseName.MTD_WARMUP, o.mtd_weight, 0.0, train_encoder, False)
     if step < start + o.decoder_warmup_steps:
-        return Phase("decoder_warmup", mtd_weight, o.flow_weight, train_encoder and mtd_weight > 0,
-                     False)
-    return Phase(str(stage), mtd_weight, o.flow_weight, train_encoder and mtd_weight > 0,
-                 train_encoder)
+        return Phase(PhaseName.DECODER_WARMUP, mtd_weight, o.flow_weight,
+                     train_encoder and mtd_weight > 0, False)
+    return Phase(PhaseName(stage.value), mtd_weight, o.flow_weight,
+                 train_encoder and mtd_weight > 0, train_encoder)
 
 
 def needs_unused_parameters(config: TrainConfig) -> bool:
@@ -308,7 +317,7 @@ class OmniID(nn.Module):
             term = phase.flow_weight * out["flow"]
             total = term if total is None else total + term
         if total is None:
-            raise ValueError(f"phase {phase.name!r} computes no loss for stage {self.stage}: "
+            raise ValueError(f"phase {str(phase.name)!r} computes no loss for stage {self.stage}: "
                              f"set a positive --mtd-weight / --flow-weight")
         out["loss"] = total
         return out
