@@ -119,11 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-shards", default="",
                    help="held-out shards, evaluated every --eval-every steps and at the end")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics)")
-    p.add_argument("--init", default="", help="checkpoint whose encoder starts the flow stage")
+    p.add_argument("--init", default="",
+                   help="checkpoint whose encoder starts this run (e.g. stage flow from an MTD run)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     for flag in FLAGS:
         # no argparse default: an absent flag leaves the preset's value
-        shown = f"{flag.help} (tiny: {get_setting(defaults, flag.setting)})"
+        default = get_setting(defaults, flag.setting)
+        shown = f"{flag.help} (tiny: {'none' if default == '' else default})"
         if flag.type is bool:
             p.add_argument(flag.name, action="store_true", default=None, help=shown)
         else:
