@@ -395,3 +395,30 @@ def test_cli_help():
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_identity_cases_put_real_people_under_the_wrong_ids(corpus):
+    from curation.build.plan import stable_fraction
+    from curation.democorpus.identity_cases import DEMO_TEST_FRACTION
+    from mfhq.demo import DEMO_BUILD_FLAGS
+
+    _, summary = corpus
+    cases = {c["kind"]: c for c in summary["identity_cases"]}
+    assert set(cases) == {"mixed_youtube_id", "mixed_talkinghead_video", "same_person_two_ids"}
+    for kind in ("mixed_youtube_id", "mixed_talkinghead_video"):
+        case = cases[kind]
+        clips = [c for c in summary["clips"] if c["identity_key"] == case["identity_key"]]
+        people = [c["person"] for c in clips]
+        assert case["majority_person"] != case["minority_person"]
+        assert people.count(case["majority_person"]) == 2 and people.count(
+            case["minority_person"]) == 1, (kind, people)
+        (minority,) = [c for c in clips if c["person"] == case["minority_person"]]
+        assert minority["clip_id"].removesuffix(".mp4") in case["minority_clips"]
+    twins = cases["same_person_two_ids"]
+    owners = {c["identity_key"]: c for c in summary["clips"]
+              if c["identity_key"] in twins["identity_keys"]}
+    assert {c["person"] for c in owners.values()} == {twins["person"]}
+    sides = {stable_fraction(c["source_video_id"]) < DEMO_TEST_FRACTION for c in owners.values()}
+    assert sides == {True, False}                       # one in test, one in train
+    flags = dict(zip(DEMO_BUILD_FLAGS[::2], DEMO_BUILD_FLAGS[1::2], strict=True))
+    assert float(flags["--test-fraction"]) == DEMO_TEST_FRACTION
