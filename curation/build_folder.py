@@ -189,9 +189,10 @@ def read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def read_part(path: Path, table: str) -> pa.Table:
-    """One manifest part with its declared schema (raises on an unreadable part)."""
-    return pq.read_table(path, schema=manifests.SCHEMAS[table])
+def read_part(path: Path, table: str, columns: list[str] | None = None) -> pa.Table:
+    """One manifest part with its declared schema, or only `columns` of it (raises on an
+    unreadable part)."""
+    return pq.read_table(path, schema=manifests.SCHEMAS[table], columns=columns)
 
 
 def read_manifest_table(manifests_dir: Path | str, name: str,
@@ -228,11 +229,21 @@ def read_manifest(manifests_dir: Path | str, name: str, columns: list[str] | Non
 
 def write_shard_parts(folder: BuildFolder, shard: str, shard_sha256: str,
                       rows: dict[str, list[dict[str, Any]]],
-                      metadata: dict[bytes, bytes] | None = None) -> None:
-    """Write the clips/faces/identities parts of one shard; each records the shard's sha256
-    (and its name), so that a part and a tar that do not belong together are told apart."""
+                      metadata: dict[bytes, bytes] | None = None,
+                      shard_bytes: int | None = None) -> None:
+    """Write the clips/faces/identities parts of one shard; each records the shard's sha256,
+    byte size and name, so that a part and a tar that do not belong together are told apart
+    (and a resume can tell a finished shard by its size without reading it).
+
+    `shard_bytes` defaults to the size of the tar this process staged for `shard`
+    (`staged_path`): parts are written between staging and commit."""
+    if shard_bytes is None:
+        staged = staged_path(folder.tar_path(shard))
+        shard_bytes = staged.stat().st_size if staged.exists() else None
     meta = {**(metadata or {}), manifests.META_SHARD_SHA256: shard_sha256.encode(),
             manifests.META_SHARD: shard.encode()}
+    if shard_bytes is not None:
+        meta[manifests.META_SHARD_BYTES] = str(int(shard_bytes)).encode()
     for table, path in folder.part_paths(shard).items():
         write_parquet_atomic(manifests.to_table(table, rows.get(table, []), meta), path)
 

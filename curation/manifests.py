@@ -31,6 +31,9 @@ META_TABLE = b"mfhq.table"
 META_VERSION = b"mfhq.schema_version"
 META_SHARD_SHA256 = b"mfhq.shard_sha256"
 META_SHARD = b"mfhq.shard"
+# The tar's size in bytes, next to its sha256: a resume decides "finished" from the size and the
+# parts' agreement without reading the tar (the full hash check is `mfhq verify`'s).
+META_SHARD_BYTES = b"mfhq.shard_bytes"
 
 
 def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
@@ -170,3 +173,15 @@ def part_shard_sha256(path: Path) -> str | None:
         return None
     value = meta.get(META_SHARD_SHA256)
     return value.decode() if value else None
+
+
+def part_shard_record(path: Path) -> tuple[str | None, int | None]:
+    """(sha256, byte size) of the shard a part records; None for what is absent/unreadable.
+    Reads the Parquet footer only."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None, None
+    sha, size = meta.get(META_SHARD_SHA256), meta.get(META_SHARD_BYTES)
+    return (sha.decode() if sha else None,
+            int(size) if size is not None and size.isdigit() else None)

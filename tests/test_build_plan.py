@@ -134,3 +134,85 @@ def test_every_identity_is_in_exactly_one_shard(per_shard):
     plan = _plan(_corpus(25), identities_per_shard=per_shard)
     ids = [i.identity_id for s in plan.shards for i in s.identities]
     assert len(ids) == len(set(ids)) == 25
+
+
+# --- incremental reruns (curation.build.incremental.grow) --------------------------------------
+
+def _recorded(plan) -> dict:
+    import json
+
+    return json.loads(json.dumps(plan.to_json()))
+
+
+def test_a_rerun_on_unchanged_sources_gives_back_the_recorded_plan_unchanged():
+    from curation.build.incremental import grow
+
+    first = _plan(_corpus(20))
+    again, inc = grow(_plan(_corpus(20)), _recorded(first), 4)
+    assert inc.empty and again.generation == 0
+    assert again.to_json() == first.to_json()
+
+
+def test_new_changed_and_gone_identities_leave_unchanged_ones_in_their_shards():
+    from curation.build.incremental import grow
+
+    records = _corpus(20)
+    first = _plan(records)
+    recorded = _recorded(first)
+    changed_id, gone_id = first.shards[0].identities[0].identity_id, "yt:vid007"
+    grown = [r for r in records if r.identity_id != gone_id]
+    grown = [r for r in grown if not (r.identity_id == changed_id and r.source == "celebvtext")]
+    grown += [_clip("celebvhq", f"new{i}_0", f"yt:new{i}", f"new{i}") for i in range(5)]
+    plan, inc = grow(_plan(grown), recorded, 4)
+    assert inc.generation == 1 and plan.generation == 1
+    assert inc.new == [f"yt:new{i}" for i in range(5)]
+    assert inc.changed == [changed_id] and inc.gone == [gone_id]
+    old_names = {s["name"] for s in recorded["shards"]}
+    by_name = {s.name: s for s in plan.shards}
+    # every old shard keeps its name and its remaining identities in their order
+    for shard in recorded["shards"]:
+        stays = [i for i in shard["identities"] if i not in (changed_id, gone_id)]
+        assert [i.identity_id for i in by_name[shard["name"]].identities] == stays
+        assert (shard["name"] in inc.shards_rewritten) == (len(stays) < len(shard["identities"]))
+    added = [s for s in plan.shards if s.name not in old_names]
+    assert [s.name for s in added] == inc.shards_added and all(s.generation == 1 for s in added)
+    assert sorted(i.identity_id for s in added for i in s.identities) == sorted(
+        inc.new + inc.changed)
+    # new shards are numbered after the highest index of their split
+    for spec in added:
+        top = max(int(n.rsplit("-", 1)[1][:6]) for n in old_names if n.startswith(spec.split))
+        assert spec.index > top
+    # splits of built identities never change
+    old_split = {i: s["split"] for s in recorded["shards"] for i in s["identities"]}
+    assert all(i.split == old_split[i.identity_id] for s in plan.shards for i in s.identities
+               if i.identity_id in old_split)
+    assert plan.to_json()["generations"] == [inc.to_json()]
+
+
+def test_a_new_identity_sharing_a_video_with_a_built_one_takes_its_split():
+    from curation.build.incremental import grow
+
+    records = _corpus(30)
+    first = _plan(records, test_fraction=0.5)
+    recorded = _recorded(first)
+    splits = {i.identity_id: i.split for i in first.identities}
+    # a VFHQ person filmed in a video that is already built, in each split
+    for split in ("train", "test"):
+        vid = next(i for i, s in splits.items() if s == split).removeprefix("yt:")
+        more = records + [_clip("vfhq", f"Clip+{vid}+P0+C0+F0-9", f"vfhq:{vid}:P0", vid)]
+        plan, inc = grow(_plan(more, test_fraction=0.5), recorded, 4)
+        assert inc.new == [f"vfhq:{vid}:P0"]
+        (placed,) = [i for i in plan.identities if i.identity_id == f"vfhq:{vid}:P0"]
+        assert placed.split == split
+
+
+def test_retry_moves_only_the_listed_identities_into_a_new_shard():
+    from curation.build.incremental import grow
+
+    first = _plan(_corpus(12))
+    target = first.shards[1].identities[1].identity_id
+    plan, inc = grow(_plan(_corpus(12)), _recorded(first), 4, retry={target})
+    assert inc.retried == [target] and not inc.new and not inc.changed and not inc.gone
+    assert inc.shards_rewritten == {first.shards[1].name: [target]}
+    assert [[i.identity_id for i in s.identities] for s in plan.shards
+            if s.name in inc.shards_added] == [[target]]

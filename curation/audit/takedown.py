@@ -6,7 +6,8 @@ FILE is a takedown list (`curation.takedowns`). An identity with any listed id (
 its source videos, one of its clips) is removed whole: its sample leaves the shard, its rows
 leave the clips, faces and identities parts; listed clips also leave
 `clips/part-enumeration.parquet`. Only the shards and parts that held a listed id are rewritten,
-each atomically (`curation.build_folder`), and `shards.parquet` and `plan.json` are updated.
+each atomically, by the one shard rewrite the build also uses (`curation.build.shard_rewrite`),
+and `shards.parquet` and `plan.json` are updated.
 Every removal is appended to the salted record `manifests/takedowns.parquet`, so a later resume
 of the build does not bring removed identities back. Rerunning the command after a crash
 finishes the job.
@@ -25,7 +26,6 @@ import pyarrow as pa
 from curation import build_folder as bf
 from curation import manifests
 from curation.errors import SetupError
-from curation.records import Status
 from curation.takedowns import (
     DEFAULT_REASON,
     TakedownError,
@@ -95,31 +95,32 @@ def _read_part(path: Path, table: str) -> pa.Table:
 
 def _rewrite_shard(config: TakedownConfig, shard: str, listed: set[str], result: TakedownResult
                    ) -> list[tuple[str, str]]:
-    """Remove matching identities from one shard and its parts; returns (kind, id) removed."""
-    from curation.build.tar_writer import Sample, commit_shard, stage_shard
+    """Remove matching identities from one shard and its parts (the one shard rewrite,
+    `curation.build.shard_rewrite`); returns the (kind, id) pairs removed."""
+    from curation.build.shard_rewrite import ShardRewriteError, rewrite_without
 
-    folder = bf.BuildFolder.of(config)
-    parts = folder.part_paths(shard)
-    tables = {t: _read_part(p, t) for t, p in parts.items()}
-    rows = {t: tab.to_pylist() for t, tab in tables.items()}
-    hits = _matching_identities(rows["identities"], rows["clips"], listed)
-    tar = folder.tar_path(shard)
-    recorded = manifests.part_shard_sha256(parts["identities"])
-    if not hits and (not tar.exists() or recorded == bf.file_sha256(tar)):
+    hits: dict[str, set[str]] = {}
+
+    def select(rows: dict[str, list[dict]]) -> set[str]:
+        hits.update(_matching_identities(rows["identities"], rows["clips"], listed))
+        return set(hits)
+
+    try:
+        # A takedown checks the tar by its full hash: it is run rarely and must not trust a tar
+        # whose bytes changed under an unchanged size.
+        done = rewrite_without(bf.BuildFolder.of(config), shard, select, full_hash=True)
+    except ShardRewriteError as err:
+        raise TakedownError(str(err)) from err
+    if done is None:
         return []
+    removed = done.removed_rows
     removals: list[tuple[str, str]] = []
     for identity_id, entries in sorted(hits.items()):
-        removals += _removals_of(identity_id, rows["identities"], rows["clips"], entries)
-    kept_rows = {t: [r for r in rs if r.get("identity_id") not in hits] for t, rs in rows.items()}
-    kept_keys = [r["key"] for r in kept_rows["identities"] if r["status"] == Status.KEPT]
-    samples = dict(bf.read_samples(tar, set(kept_keys)))
-    result.identities_removed += len(rows["identities"]) - len(kept_rows["identities"])
-    result.clips_removed += len(rows["clips"]) - len(kept_rows["clips"])
-    result.faces_removed += len(rows["faces"]) - len(kept_rows["faces"])
-    result.samples_removed += bf.count_samples(tar) - len(samples)
-    staged = stage_shard(tar, [Sample(key, samples[key]) for key in kept_keys if key in samples])
-    bf.write_shard_parts(folder, shard, staged.sha256, kept_rows)
-    commit_shard(staged)
+        removals += _removals_of(identity_id, removed["identities"], removed["clips"], entries)
+    result.identities_removed += len(removed["identities"])
+    result.clips_removed += len(removed["clips"])
+    result.faces_removed += len(removed["faces"])
+    result.samples_removed += done.samples_removed
     result.shards_rewritten.append(shard)
     return removals
 
@@ -152,6 +153,9 @@ def _update_plan_and_shard_table(config: TakedownConfig) -> None:
         removed = removed_hashes(config.manifests_dir)
         for shard in plan.get("plan", {}).get("shards", []):
             shard["identities"] = [i for i in shard["identities"] if not removed.contains(i)]
+            if isinstance(shard.get("digests"), dict):
+                shard["digests"] = {i: shard["digests"][i] for i in shard["identities"]
+                                    if i in shard["digests"]}
             names.append(shard["name"])
         bf.atomic_write(folder.plan_path, json.dumps(plan, sort_keys=True, indent=1))
     bf.write_shards_table(folder, names)

@@ -37,8 +37,10 @@ from curation.sources import SOURCE_KINDS
 SOURCE_KINDS_HELP = ", ".join(SOURCE_KINDS)
 
 # Settings that do not change the build's output: left out of the config hash.
+# --dry-run, --retry-failed and --verify-finished say what this run does to the folder, not what
+# the dataset is: a rerun with or without them is the same build.
 RUNTIME_ONLY = frozenset({"output", "overwrite", "progress", "verbose", "ray",
-                          "quality.batch_size"})
+                          "quality.batch_size", "dry_run", "retry_failed", "verify_finished"})
 
 
 @dataclass
@@ -60,6 +62,9 @@ class BuildConfig(BuildFolders):
     output: str | None = None
     takedown: str | None = None
     overwrite: bool = False
+    dry_run: bool = False            # print what a rerun would do, change nothing
+    retry_failed: bool = False       # analyse again identities with a transiently failed clip
+    verify_finished: bool = False    # hash every finished tar on resume (default: size check)
     progress: bool = True
     verbose: bool = False
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -164,7 +169,9 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
             f"{s.images_per_identity} pose-diverse, high-quality aligned faces per identity, "
             "and write WebDataset shards plus Parquet manifests. Runs on an embedded local Ray "
             "by default, or on a cluster with --ray-address auto (see curation/cluster.yaml). "
-            "Rerunning with the same arguments resumes: finished shards are kept."),
+            "Rerunning with the same arguments resumes: finished shards are kept; when only "
+            "the sources changed, it grows the build (new and changed identities go into new "
+            "shards)."),
         formatter_class=_HelpFormatter,
     )
     io = parser.add_argument_group("inputs and outputs")
@@ -182,6 +189,17 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true",
                     help="allow a different configuration to replace an existing build in the "
                          "output folder (its shards and manifests are deleted)")
+    io.add_argument("--dry-run", dest="dry_run", action="store_true",
+                    help="print what this run would do to the output folder (identities new, "
+                         "changed or gone; shards to write or rewrite) and change nothing")
+    io.add_argument("--retry-failed", dest="retry_failed", action="store_true",
+                    help="analyse again the identities of clips whose last outcome was a "
+                         "transient failure (video_timeout, worker_crashed, internal_error); "
+                         "they move to new shards. Clips that are simply broken are not retried")
+    io.add_argument("--verify-finished", dest="verify_finished", action="store_true",
+                    help="on resume, take a shard as finished only if its tar's sha256 matches "
+                         "its parts (reads every tar); the default checks sizes and the parts' "
+                         "agreement, and mfhq verify checks every byte")
 
     sel = parser.add_argument_group("face selection")
     sel.add_argument("--min-face-size", dest="analysis.min_face_size", type=int,

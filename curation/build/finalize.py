@@ -38,11 +38,14 @@ class BuildSummary:
 
 
 def write_run_record(config: BuildConfig, folder: bf.BuildFolder, plan: Plan, models: dict,
-                     summary: BuildSummary, shard_rows: list[dict]) -> None:
-    """run.json: arguments, package versions, model files, counts, shards, timings."""
+                     summary: BuildSummary, shard_rows: list[dict], increment=None) -> None:
+    """run.json: arguments, package versions, model files, counts, shards, timings, and what an
+    incremental rerun changed (`increment`: curation.build.incremental.Increment)."""
     record = {
         "config_hash": summary.config_hash,
         "plan_fingerprint": plan.fingerprint(),
+        "plan_generation": plan.generation,
+        "increment": increment.to_json() if increment is not None else None,
         "arguments": config.to_json(),
         "argv": sys.argv,
         "packages": package_versions(),

@@ -1,51 +1,91 @@
-"""The output folder of a build: refuse a different build, overwrite on request, resume.
+"""The output folder of a build: refuse a different build, grow or resume the same one.
 
-`manifests/plan.json` records the config hash and the plan's fingerprint. A rerun with the same
-arguments resumes: a shard is finished when its tar and its three manifest parts exist and every
-part records the tar's sha256 and the planned identities; finished shards are never rebuilt.
-A different config (or different source contents) into the same folder is refused with
-`BuildRefused` unless `overwrite` is set, which deletes what a build wrote and nothing else.
+`manifests/plan.json` records the config hash and the plan (per shard: its generation, its
+identities and what each was built from). A rerun with the same settings
+- resumes when the sources are unchanged: a shard is finished when its tar and its three
+  manifest parts exist, the parts agree on the tar's sha256 and byte size, the tar has that
+  size and the parts hold the planned identities. Only Parquet footers and the identities
+  column are read, never the tar: O(shards). `--verify-finished` also hashes every tar; the full
+  byte check is `mfhq verify`'s;
+- grows the build when sources changed (`curation.build.incremental`): unchanged identities
+  stay in their finished shards, new and changed ones go into new shards; a finished shard that
+  still holds identities the plan took out of it is rewritten without them
+  (`curation.build.shard_rewrite`), which also finishes a rewrite a kill interrupted.
+A different config into the same folder is refused with `BuildRefused` unless `overwrite` is
+set, which deletes what a build wrote and nothing else.
 """
 
 from __future__ import annotations
 
+import enum
 import shutil
+from dataclasses import dataclass, field
+
+import pyarrow as pa
 
 from curation import build_folder as bf
 from curation import manifests
 from curation.build.config import BuildConfig
+from curation.build.incremental import Increment, grow, has_digests
 from curation.build.plan import Plan, ShardSpec, plan_json_bytes
+from curation.build.shard_rewrite import Rewrite, rewrite_without
 from curation.errors import BuildRefused
 from mfhq_contract import SPLITS
 
 
-def prepare_output(config: BuildConfig, folder: bf.BuildFolder, plan: Plan) -> None:
-    """Check the output folder against this config and plan, then record the plan there."""
-    mdir, sdir = folder.manifests_dir, folder.shards_dir
+@dataclass
+class OutputPlan:
+    """What this run does to the output folder: the plan it builds, the increment over the
+    recorded plan (None for a first build or a replaced one), and whether it clears the
+    folder first (--overwrite of a different build)."""
+
+    plan: Plan
+    increment: Increment | None = None
+    clear: bool = False
+
+
+def decide_output(config: BuildConfig, folder: bf.BuildFolder, fresh: Plan,
+                  retry: set[str] | frozenset[str] = frozenset()) -> OutputPlan:
+    """The plan this run builds into `folder` (reads only; raises BuildRefused)."""
     config_hash = config.config_hash()
-    if folder.plan_path.exists():
-        try:
-            previous = bf.read_json(folder.plan_path)
-        except (OSError, ValueError):
-            previous = {}
-        same_config = previous.get("config_hash") == config_hash
-        same_plan = previous.get("plan", {}).get("fingerprint") == plan.fingerprint()
-        if not (same_config and same_plan) and not config.overwrite:
-            what = ("was built with different settings" if not same_config else
-                    "was planned from different source contents (clips added or removed)")
+    if not folder.plan_path.exists():
+        if _has_build_outputs(folder) and not config.overwrite:
             raise BuildRefused(
-                f"the output folder ({config.shards_dir}, {config.manifests_dir}) {what} "
-                f"(config hash {previous.get('config_hash')} vs {config_hash}). Rerun with the "
-                "original arguments to resume it, choose another --output, or pass --overwrite "
-                "to delete it and build anew.")
-        if not (same_config and same_plan):
-            clear_outputs(folder)
-    elif _has_build_outputs(folder) and not config.overwrite:
+                f"the output folder ({config.shards_dir}, {config.manifests_dir}) holds shards "
+                f"or manifests but no {bf.PLAN_FILE}; choose another --output or pass "
+                "--overwrite to delete them.")
+        return OutputPlan(fresh, clear=config.overwrite)
+    try:
+        previous = bf.read_json(folder.plan_path)
+    except (OSError, ValueError):
+        previous = {}
+    if previous.get("config_hash") != config_hash:
+        if config.overwrite:
+            return OutputPlan(fresh, clear=True)
         raise BuildRefused(
-            f"the output folder ({config.shards_dir}, {config.manifests_dir}) holds shards or "
-            f"manifests but no {bf.PLAN_FILE}; choose another --output or pass --overwrite to "
-            "delete them.")
-    elif config.overwrite:
+            f"the output folder ({config.shards_dir}, {config.manifests_dir}) was built with "
+            f"different settings (config hash {previous.get('config_hash')} vs {config_hash}). "
+            "Rerun with the original arguments to resume or grow it, choose another --output, "
+            "or pass --overwrite to delete it and build anew.")
+    recorded = previous.get("plan", {})
+    if not has_digests(recorded):
+        # A plan written before incremental builds: it can only be resumed as it is.
+        if recorded.get("fingerprint") == fresh.fingerprint():
+            return OutputPlan(fresh)
+        if config.overwrite:
+            return OutputPlan(fresh, clear=True)
+        raise BuildRefused(
+            f"the output folder ({config.shards_dir}, {config.manifests_dir}) was planned from "
+            "different source contents by a version without incremental builds; choose "
+            "another --output or pass --overwrite to delete it and build anew.")
+    plan, increment = grow(fresh, recorded, config.plan.identities_per_shard, retry)
+    return OutputPlan(plan, increment)
+
+
+def prepare_output(config: BuildConfig, folder: bf.BuildFolder, decided: OutputPlan) -> None:
+    """Clear the folder if decided, remove leftovers of killed writers, record the plan."""
+    mdir, sdir = folder.manifests_dir, folder.shards_dir
+    if decided.clear:
         clear_outputs(folder)
     for split in SPLITS:
         bf.remove_stale_temporaries(sdir / split)
@@ -53,7 +93,8 @@ def prepare_output(config: BuildConfig, folder: bf.BuildFolder, plan: Plan) -> N
         bf.remove_stale_temporaries(mdir / table)
     bf.remove_stale_temporaries(mdir)
     shutil.rmtree(mdir / bf.INFLIGHT_DIR, ignore_errors=True)
-    bf.atomic_write(folder.plan_path, plan_json_bytes(plan, config_hash, config.to_json()))
+    bf.atomic_write(folder.plan_path, plan_json_bytes(decided.plan, config.config_hash(),
+                                                      config.to_json()))
 
 
 def _has_build_outputs(folder: bf.BuildFolder) -> bool:
@@ -75,19 +116,72 @@ def clear_outputs(folder: bf.BuildFolder) -> None:
         path.unlink(missing_ok=True)
 
 
-def shard_is_finished(folder: bf.BuildFolder, spec: ShardSpec) -> bool:
-    """Tar present, all parts present, every part records the tar's sha256 and the same ids."""
+class ShardState(enum.Enum):
+    FINISHED = "finished"
+    HOLDS_MORE = "holds_more"        # finished, with identities the plan took out of it
+    NEEDS_REPAIR = "needs_repair"    # a rewrite was killed: parts or tar lag the others
+    UNFINISHED = "unfinished"
+
+
+def shard_state(folder: bf.BuildFolder, spec: ShardSpec, *, full_hash: bool = False
+                ) -> ShardState:
+    """The state of one planned shard, from Parquet footers, the identities column and the
+    tar's size (its bytes are read only with `full_hash`, or for parts that record no size)."""
     tar = folder.tar_path(spec.name)
     parts = folder.part_paths(spec.name)
     if not tar.exists() or not all(p.exists() for p in parts.values()):
-        return False
-    recorded = {manifests.part_shard_sha256(p) for p in parts.values()}
-    if len(recorded) != 1 or None in recorded:
-        return False
+        return ShardState.UNFINISHED
     try:
-        ids = bf.read_part(parts["identities"], "identities").column("identity_id").to_pylist()
-    except Exception:  # noqa: BLE001 - an unreadable part means: not finished
-        return False
-    if ids != [i.identity_id for i in spec.identities]:
-        return False
-    return recorded == {bf.file_sha256(tar)}
+        ids = bf.read_part(parts["identities"], "identities",
+                           columns=["identity_id"]).column(0).to_pylist()
+    except (OSError, pa.ArrowException, ValueError):
+        return ShardState.UNFINISHED
+    planned = [i.identity_id for i in spec.identities]
+    wanted = set(planned)
+    if [i for i in ids if i in wanted] != planned:
+        return ShardState.UNFINISHED       # not (a superset of) this shard: build it
+    recorded = {manifests.part_shard_record(p) for p in parts.values()}
+    sha, size = next(iter(recorded))
+    # The states a killed rewrite leaves: parts that disagree, or a tar of another size.
+    if len(recorded) != 1 or sha is None:
+        return ShardState.NEEDS_REPAIR
+    if size is not None and tar.stat().st_size != size:
+        return ShardState.NEEDS_REPAIR
+    # Same size, other bytes: not something our writers leave; the tar is built again.
+    if (full_hash or size is None) and bf.file_sha256(tar) != sha:
+        return ShardState.UNFINISHED
+    return ShardState.FINISHED if ids == planned else ShardState.HOLDS_MORE
+
+
+@dataclass
+class ResumeCheck:
+    todo: list[ShardSpec] = field(default_factory=list)
+    rewrites: list[Rewrite] = field(default_factory=list)
+
+
+def resume_check(folder: bf.BuildFolder, plan: Plan, *, full_hash: bool = False,
+                 dry_run: bool = False) -> ResumeCheck:
+    """The shards left to build. A finished shard that holds identities the plan took out of it
+    is rewritten without them first; one whose parts or tar lag the others (a rewrite killed
+    midway) is rewritten from its own samples if the tar still holds every kept one.
+    With `dry_run`, nothing is written: such shards are reported as rewrites to do."""
+    check = ResumeCheck()
+    for spec in plan.shards:
+        state = shard_state(folder, spec, full_hash=full_hash)
+        if state in (ShardState.HOLDS_MORE, ShardState.NEEDS_REPAIR):
+            planned = {i.identity_id for i in spec.identities}
+            if dry_run:
+                check.rewrites.append(Rewrite(spec.name))
+                continue
+            # A repair must find every kept sample in the tar; if it cannot (a tar that is
+            # not ours), nothing is written and the shard is built again.
+            done = rewrite_without(
+                folder, spec.name,
+                lambda rows, planned=planned: {r["identity_id"] for r in rows["identities"]}
+                - planned, full_hash=full_hash, require_all_samples=True)
+            if done is not None:
+                check.rewrites.append(done)
+            state = shard_state(folder, spec, full_hash=full_hash)
+        if state is not ShardState.FINISHED:
+            check.todo.append(spec)
+    return check

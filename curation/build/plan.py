@@ -3,6 +3,12 @@ tie identities that share a source video, assign splits and shards.
 
 Everything here runs on the driver and is deterministic: the same inputs and settings give the
 same plan (and so the same shards), whatever the machine or the order the file system lists.
+
+A plan has generations: the first build is generation 0; an incremental rerun
+(`curation.build.incremental`) keeps every unchanged identity in its shard and puts new and
+changed identities into new shards of the next generation. `plan.json` records, per shard, its
+generation and each identity's digest (what its clips are), which is what the next rerun
+compares against.
 """
 
 from __future__ import annotations
@@ -37,6 +43,18 @@ class IdentityPlan:
     def source_video_ids(self) -> list[str]:
         return sorted({c.source_video_id for c in self.clips})
 
+    @property
+    def digest(self) -> str:
+        """What this identity's sample is made from: every clip and the fields the analysis
+        reads (file, raw or processed, range, box hint). A changed digest means the identity
+        gained or lost a clip, or a clip's video or range changed: it must be built again."""
+        digest = hashlib.sha256()
+        for c in self.clips:
+            digest.update(repr((c.source, c.clip_id, c.video_path, c.is_raw, c.start_sec,
+                                c.end_sec, c.start_frame, c.end_frame, c.bbox_hint,
+                                c.bbox_hint_normalized)).encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()[:16]
+
 
 @dataclass
 class ShardSpec:
@@ -47,6 +65,7 @@ class ShardSpec:
     identities: list[IdentityPlan]
     # "source:clip_id" -> why it is not analysed (set by the runner after a worker died on it)
     poisoned: dict[str, str] = field(default_factory=dict)
+    generation: int = 0                 # the plan generation that added this shard
 
     @property
     def name(self) -> str:
@@ -64,6 +83,9 @@ class Plan:
     # Set when recorded takedowns were taken out of an enumerated plan: the fingerprint stays
     # the one of the sources as enumerated, so a resume is still the same build.
     base_fingerprint: str | None = None
+    generation: int = 0
+    # One record per incremental rerun that changed the plan (curation.build.incremental).
+    generations: list[dict] = field(default_factory=list)
 
     @property
     def identities(self) -> list[IdentityPlan]:
@@ -88,8 +110,12 @@ class Plan:
             "n_clips": self.n_clips,
             "n_identities_total": self.n_identities_total,
             "n_rejected_clips": len(self.rejected_clips),
-            "shards": [{"name": s.name, "split": s.split,
-                        "identities": [i.identity_id for i in s.identities]}
+            "generation": self.generation,
+            "generations": self.generations,
+            # digests: what each identity was built from (the next incremental rerun compares)
+            "shards": [{"name": s.name, "split": s.split, "generation": s.generation,
+                        "identities": [i.identity_id for i in s.identities],
+                        "digests": {i.identity_id: i.digest for i in s.identities}}
                        for s in self.shards],
         }
 
@@ -122,24 +148,30 @@ class _UnionFind:
             self.parent[hi] = lo
 
 
-def assign_splits(identity_videos: dict[str, set[str]], test_fraction: float) -> dict[str, str]:
-    """Split of every identity; identities sharing a source video id share a split.
-
-    Identities connected through common source video ids form one group (union-find); the group
-    goes to 'test' when the smallest stable hash of its source video ids is below
-    `test_fraction`, so no source video and no identity is in both splits.
-    """
+def split_groups(identity_videos: dict[str, set[str]]) -> dict[str, str]:
+    """{identity: its group's root}: identities connected through common source video ids are
+    one group (union-find); a group's members must share a split."""
     uf = _UnionFind()
     for identity, videos in identity_videos.items():
         uf.find("i:" + identity)
         for video in videos:
             uf.union("i:" + identity, "v:" + video)
+    return {identity: uf.find("i:" + identity) for identity in identity_videos}
+
+
+def assign_splits(identity_videos: dict[str, set[str]], test_fraction: float) -> dict[str, str]:
+    """Split of every identity; identities sharing a source video id share a split.
+
+    The group of identities connected through common source video ids (`split_groups`) goes to
+    'test' when the smallest stable hash of its source video ids is below `test_fraction`, so
+    no source video and no identity is in both splits.
+    """
+    roots = split_groups(identity_videos)
     group_min: dict[str, float] = {}
     for identity, videos in identity_videos.items():
-        root = uf.find("i:" + identity)
         h = min((stable_fraction(v) for v in videos), default=stable_fraction(identity))
-        group_min[root] = min(group_min.get(root, 1.0), h)
-    return {identity: "test" if group_min[uf.find("i:" + identity)] < test_fraction else "train"
+        group_min[roots[identity]] = min(group_min.get(roots[identity], 1.0), h)
+    return {identity: "test" if group_min[roots[identity]] < test_fraction else "train"
             for identity in identity_videos}
 
 

@@ -1,7 +1,10 @@
 """The whole MFHQ build, start to end (`mfhq build`, `curation/build_mfhq.py`).
 
-    check models (driver) -> enumerate + plan -> output folder (refuse / resume) ->
-    enumeration part + build-time takedowns -> Ray pool over unfinished shards -> finalize
+    check models (driver) -> enumerate + plan -> output folder (refuse / resume / grow) ->
+    enumeration part + build-time takedowns -> resume check (rewrites the old shards that an
+    incremental rerun takes identities out of) -> Ray pool over unfinished shards -> finalize
+
+`--dry-run` stops after planning and the resume check and prints what the run would do.
 
 Set-up problems raise a `SetupError` (BuildRefused, SourceError, MissingWeightsError) before
 any Ray work; the commands print its message without a traceback.
@@ -9,14 +12,16 @@ any Ray work; the commands print its message without a traceback.
 
 from __future__ import annotations
 
+import sys
 import time
 
 from curation import build_folder as bf
 from curation import manifests, takedowns
 from curation.build.config import BuildConfig
 from curation.build.finalize import BuildSummary, format_summary, write_run_record
+from curation.build.incremental import retry_candidates
 from curation.build.models import check_models
-from curation.build.output import prepare_output, shard_is_finished
+from curation.build.output import OutputPlan, decide_output, prepare_output, resume_check
 from curation.build.plan import build_plan
 from curation.build.pool import init_ray, run_shards
 from curation.build.shard import ShardResult, enumeration_rows
@@ -38,23 +43,17 @@ def run_build(config: BuildConfig) -> BuildSummary:
     timings["check_models"] = time.monotonic() - t0
 
     t = time.monotonic()
-    plan = build_plan(config.resolved_sources(), config.plan, takedown_file=config.takedown)
+    decided = plan_run(config, folder)
+    plan, increment = decided.plan, decided.increment
     timings["enumerate_and_plan"] = time.monotonic() - t
-    # Identities removed from this folder by `mfhq takedown` never come back.
-    plan = takedowns.without_recorded(plan, folder.manifests_dir)
-    prepare_output(config, folder, plan)
-    if not folder.enumeration_part.exists():
-        # Clips on the takedown list leave no row with their ids, only a salted hash.
-        listed = takedowns.read_takedown(config.takedown)
-        taken = [c for c in plan.rejected_clips
-                 if c.reason == Reason.TAKEDOWN or takedowns.takedown_match(c, listed)]
-        takedowns.append_record(folder.manifests_dir, takedowns.clip_removals(taken, listed),
-                                takedowns.DEFAULT_REASON, "build")
-        rows = enumeration_rows([c for c in plan.rejected_clips if c not in taken])
-        bf.write_parquet_atomic(manifests.to_table("clips", rows), folder.enumeration_part)
+    prepare_output(config, folder, decided)
+    _write_enumeration_part(config, folder, plan)
 
     t = time.monotonic()
-    todo = [s for s in plan.shards if not shard_is_finished(folder, s)]
+    # Reads footers and sizes, never a tar (unless --verify-finished); rewrites the old shards
+    # that identities of an incremental rerun left.
+    check = resume_check(folder, plan, full_hash=config.verify_finished)
+    todo = check.todo
     timings["resume_check"] = time.monotonic() - t
     skipped = len(plan.shards) - len(todo)
     ids_total = len(plan.identities)
@@ -89,8 +88,66 @@ def run_build(config: BuildConfig) -> BuildSummary:
         shards_built=len(results), shards_skipped=skipped, shards_failed=failures,
         counts=counts, timings={k: round(v, 3) for k, v in timings.items()},
         interrupted=interrupted)
-    write_run_record(config, folder, plan, models, summary, shard_rows)
+    if increment is not None and not increment.empty:
+        summary.notes.append("incremental: " + increment.lines()[0])
+    summary.notes += [f"rewrote {r.shard} without {len(r.identities)} identities"
+                      for r in check.rewrites if r.identities]
+    write_run_record(config, folder, plan, models, summary, shard_rows, increment)
     return summary
+
+
+def plan_run(config: BuildConfig, folder: bf.BuildFolder) -> OutputPlan:
+    """Enumerate and plan, take out what `mfhq takedown` removed, and decide against the output
+    folder: a first build, a resume, or an incremental rerun (reads only; raises SetupError)."""
+    plan = build_plan(config.resolved_sources(), config.plan, takedown_file=config.takedown)
+    # Identities removed from this folder by `mfhq takedown` never come back.
+    plan = takedowns.without_recorded(plan, folder.manifests_dir)
+    retry = (retry_candidates(folder.manifests_dir)
+             if config.retry_failed and folder.plan_path.exists() else set())
+    return decide_output(config, folder, plan, retry)
+
+
+def _write_enumeration_part(config: BuildConfig, folder: bf.BuildFolder, plan) -> None:
+    """The clips rejected before analysis, as this plan has them; written only when they
+    differ from the part on disk (a rerun after a kill, or an unchanged rerun, writes nothing)."""
+    # Clips on the takedown list leave no row with their ids, only a salted hash.
+    listed = takedowns.read_takedown(config.takedown)
+    taken = [c for c in plan.rejected_clips
+             if c.reason == Reason.TAKEDOWN or takedowns.takedown_match(c, listed)]
+    takedowns.append_record(folder.manifests_dir, takedowns.clip_removals(taken, listed),
+                            takedowns.DEFAULT_REASON, "build")
+    table = manifests.to_table("clips", enumeration_rows(
+        [c for c in plan.rejected_clips if c not in taken]))
+    path = folder.enumeration_part
+    try:
+        if path.exists() and bf.read_part(path, "clips").equals(table):
+            return
+    except Exception:  # noqa: BLE001 - an unreadable part is written anew
+        pass
+    bf.write_parquet_atomic(table, path)
+
+
+def dry_run(config: BuildConfig) -> list[str]:
+    """What a run with `config` would do to its output folder, as lines; writes nothing."""
+    config.validate()
+    folder = bf.BuildFolder.of(config)
+    decided = plan_run(config, folder)
+    plan, increment = decided.plan, decided.increment
+    lines = [f"dry run: {config.shards_dir}, {config.manifests_dir} (nothing is written)"]
+    if decided.clear:
+        lines.append("--overwrite: the existing build would be deleted")
+    if increment is None:
+        lines.append(f"a new build: {len(plan.identities)} identities in "
+                     f"{len(plan.shards)} shards")
+    else:
+        lines += increment.lines()
+    check = resume_check(folder, plan, full_hash=config.verify_finished, dry_run=True)
+    lines.append(f"shards: {len(plan.shards)} planned, {len(check.todo)} to build, "
+                 f"{len(check.rewrites)} to rewrite, "
+                 f"{len(plan.shards) - len(check.todo) - len(check.rewrites)} finished")
+    lines += [f"  build    {s.name} ({len(s.identities)} identities)" for s in check.todo]
+    lines += [f"  rewrite  {r.shard}" for r in check.rewrites]
+    return lines
 
 
 EXIT_OK, EXIT_SHARDS_FAILED, EXIT_USAGE = 0, 1, 2
@@ -104,6 +161,14 @@ def main(argv: list[str] | None = None, prog: str = "mfhq build") -> int:
     from curation.quiet import quiet_terminal, terminal
 
     config = parse_args(argv, prog=prog)
+    if config.dry_run:
+        # Before quiet_terminal: a dry run creates nothing, not even the log folder.
+        try:
+            print("\n".join(dry_run(config)))
+        except SetupError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
     with quiet_terminal(config.logs_dir / "build.log", enabled=not config.verbose) as log:
         try:
             summary = run_build(config)

@@ -100,9 +100,9 @@ def _clip_record(index: FileIndex, clip_id: str, name: str, key: str,
                   identity_id=f"yt:{ytb_id}", source_video_id=ytb_id, license=LICENSE,
                   extra=extra)
     if processed is not None:
-        return ClipRecord(video_path=os.path.abspath(processed), **common)
+        return ClipRecord(video_path=processed, **common)
     return ClipRecord(
-        video_path=os.path.abspath(raw), is_raw=True,
+        video_path=raw, is_raw=True,
         start_sec=timing["start_sec"], end_sec=timing["end_sec"],
         bbox_hint_normalized=box if normalised else None,
         bbox_hint=None if normalised else box, **common)
