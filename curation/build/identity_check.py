@@ -249,7 +249,7 @@ def face_columns(cand) -> dict[str, Any]:
 
 def identity_columns(decision: IdentityDecision | None, kept: bool) -> dict[str, Any]:
     """The identity columns of an identities-manifest row."""
-    if decision is None:
+    if decision is None or decision.centroid is None:    # nothing embedded: not checked
         return {"n_persons": None, "identity_consistency": None}
     return {"n_persons": decision.n_persons,
             "identity_consistency": decision.consistency if kept else None}
