@@ -21,6 +21,7 @@ from PIL import Image
 
 from curation import build_folder, manifests
 from curation.audit.report import ReportConfig, choose_identities, main, write_report
+from curation.records import FACE_REJECTIONS
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -55,6 +56,7 @@ class _Refs(HTMLParser):
         self.refs: list[tuple[str, str, str]] = []
         self.ids: set[str] = set()
         self.images: list[str] = []
+        self.alts: list[str] = []
         self.json: dict[str, object] = {}
         self._json_id: str | None = None
 
@@ -67,6 +69,7 @@ class _Refs(HTMLParser):
                 self.refs.append((tag, name, attrs[name]))
         if tag == "img":
             self.images.append(attrs.get("src") or "")
+            self.alts.append(attrs.get("alt") or "")
         if tag == "script" and attrs.get("type") == "application/json":
             self._json_id = attrs.get("id")
 
@@ -122,8 +125,8 @@ def test_every_image_decodes_in_chromium_and_in_pil(report, tmp_path):
     assert int(images.group(1)) == len(report["parsed"].images)
     assert json.loads(broken.group(1).replace("&quot;", '"')) == []
     # Pillow's view: every embedded image is a complete PNG or JPEG.
-    plots = sheets = 0
-    for src in report["parsed"].images:
+    plots = sheets = crops = 0
+    for src, alt in zip(report["parsed"].images, report["parsed"].alts, strict=True):
         match = re.fullmatch(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)", src)
         assert match, src[:80]
         with Image.open(io.BytesIO(base64.b64decode(match.group(2), validate=True))) as image:
@@ -131,9 +134,14 @@ def test_every_image_decodes_in_chromium_and_in_pil(report, tmp_path):
             image.load()
         plots += match.group(1) == "png"
         sheets += match.group(1) == "jpeg"
-    assert plots == 4
+        if match.group(1) == "jpeg":     # a kept crop, or a face rejected as identity_mismatch
+            assert re.search(r" (crop|rejected face) \d+$", alt), alt
+            crops += " crop " in alt
+    assert plots == 5       # pose coverage, pose spread, quality, face size, identity consistency
     kept_sheets = [s for s in report["parsed"].json["contact-sheets"] if s["status"] == "kept"]
-    assert sheets == 8 * len(kept_sheets) > 0
+    # 8 crops per kept contact sheet, and 8 per kept identity shown beside its rejected faces
+    assert crops >= 8 * len(kept_sheets) > 0 and crops % 8 == 0
+    assert sheets > crops
 
 
 def test_no_reference_leaves_the_page(report):
@@ -184,7 +192,7 @@ def test_counts_equal_pandas_on_the_manifests(report):
         exploded.groupby(["src", "spl"]).ngroups
 
     faces = _per_source_split(_read(mdir, "faces"))
-    rejected = {"face_too_small", "not_target_person", "ambiguous_target", "landmarks_failed"}
+    rejected = {reason.value for reason in FACE_REJECTIONS}
     for (src, spl), group in faces.groupby(["src", "spl"]):
         assert counts["faces"][src][spl] == {
             "considered": len(group), "candidates": int((~group["reason"].isin(rejected)).sum()),
@@ -199,7 +207,7 @@ def test_counts_equal_pandas_on_the_manifests(report):
 
     run = json.loads((mdir / "run.json").read_text())
     assert totals["faces_selected"] == run["counts"]["faces_selected"]
-    limit = run["arguments"]["min_face_size"]
+    limit = run["arguments"]["analysis"]["min_face_size"]
     assert counts["face_size"]["min_face_size"] == limit
     assert counts["face_size"]["below_min"] == int((faces["face_size"] < limit).sum())
 

@@ -34,6 +34,7 @@ import pandas as pd
 
 from curation import build_folder as bf
 from curation.audit import plots
+from curation.errors import SetupError
 from curation.quiet import terminal
 from curation.records import FACE_REJECTIONS, Status
 from mfhq_contract import IMAGES_PER_IDENTITY, JSON_EXT, image_ext
@@ -784,7 +785,7 @@ def main(argv: list[str] | None = None, prog: str = "mfhq report") -> int:
     config = parse_args(argv, prog)
     try:
         path = write_report(config)
-    except FileNotFoundError as exc:
+    except (SetupError, FileNotFoundError) as exc:    # no build there: say so, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"report: {path}")
