@@ -38,7 +38,6 @@ import argparse
 import dataclasses
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -299,12 +298,12 @@ def run_floor_parallel(identities: list[IdentityPlan], analysis: AnalysisConfig,
 
 # --- ours ------------------------------------------------------------------------------------
 
-STARTUP_TIMINGS = ("check_models", "ray_init", "actors_ready")
+STARTUP_TIMINGS = ("check_models", "ray_init", "quality_ready")
 
 
 def startup_seconds(timings: dict[str, float]) -> float:
-    """The build's fixed start-up: the driver's model check, Ray start and the actors loading
-    their models (all from the build's own timings)."""
+    """The build's fixed start-up: the driver's model check, Ray start and the quality actors
+    loading their model (all from the build's own timings)."""
     return sum(timings.get(key, 0.0) for key in STARTUP_TIMINGS)
 
 

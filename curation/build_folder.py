@@ -190,9 +190,10 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_part(path: Path, table: str, columns: list[str] | None = None) -> pa.Table:
-    """One manifest part with its declared schema, or only `columns` of it (raises on an
-    unreadable part)."""
-    return pq.read_table(path, schema=manifests.SCHEMAS[table], columns=columns)
+    """One manifest part with its declared schema (or only `columns` of it) and the file's own
+    metadata (the shard sha256 and size it records); raises on an unreadable part."""
+    data = pq.read_table(path, schema=manifests.SCHEMAS[table], columns=columns)
+    return data.replace_schema_metadata(pq.read_schema(path).metadata)
 
 
 def read_manifest_table(manifests_dir: Path | str, name: str,

@@ -27,3 +27,8 @@ class BuildRefused(SetupError):
 
 class BuildFolderError(SetupError):
     """A finished build's folder is missing or unreadable where a tool needs it."""
+
+
+class SchedulingError(SetupError):
+    """The cluster cannot run the build's tasks (no free CPUs, nodes that never join); the
+    message says what the cluster has and what to change."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,3 +137,23 @@ def visible_problems(output: Path) -> list[str]:
 
 def temporaries(output: Path) -> list[str]:
     return sorted(str(p) for p in output.rglob(".*.tmp"))
+
+
+def people_clips(corpus: Path) -> dict[str, list[Path]]:
+    """Two real clips of each of three demo-corpus people (alice and carol from the folder
+    layout, bob from CelebV-HQ), for small `folder` builds."""
+    return {"alice": sorted((corpus / "folder" / "t1_face1").glob("clip_*.mp4"))[:2],
+            "bob": sorted((corpus / "celebvhq").rglob("processed/58ZZttnFypV_*.mp4"))[:2],
+            "carol": sorted((corpus / "folder").glob("*/clip_*.mp4"))[-2:]}
+
+
+def write_folder_corpus(root: Path, corpus: Path, people: list[str]) -> Path:
+    """A `folder` source at `root` with the clips of `people` (see people_clips)."""
+    clips = people_clips(corpus)
+    for person in people:
+        files = clips[person]
+        assert len(files) >= 2, f"demo corpus lacks the clips for {person}"
+        (root / person).mkdir(parents=True)
+        for i, src in enumerate(files):
+            shutil.copyfile(src, root / person / f"clip_{i}.mp4")
+    return root

@@ -5,15 +5,12 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from curation.build.config import BuildConfig, build_parser, parse_args
-from curation.build.shard import ShardBuilder
 from curation.build_folder import BuildFolder
 from curation.records import ClipRecord, Reason
 
@@ -87,26 +84,18 @@ def test_cluster_yaml_passes_rays_own_validation():
     types = prepared["available_node_types"]
     assert prepared["head_node_type"] == "head"
     assert {"cpu_worker", "gpu_worker"} <= set(types)
-    assert any("pip install -e ~/mfhq" in c for c in prepared["setup_commands"])
+    assert any("pip install" in c and "-e ~/mfhq" in c for c in prepared["setup_commands"])
     broken = copy.deepcopy(raw)
     broken["available_node_types"]["cpu_worker"]["not_a_field"] = 1
     with pytest.raises(Exception, match="not_a_field"):
         validate_config(prepare_config(broken))
 
 
-# --- per-clip fault isolation inside a shard builder ----------------------------------------
+# --- per-clip fault isolation in the analysis stage ------------------------------------------
 
 class _ExplodingAnalyzer:
     def analyze_clip(self, clip):
         raise RuntimeError(f"decoder crashed on {clip.clip_id}")
-
-
-class _StuckAnalyzer:
-    def __init__(self):
-        self.release = threading.Event()
-
-    def analyze_clip(self, clip):
-        self.release.wait(30)
 
 
 def _clip() -> ClipRecord:
@@ -114,39 +103,57 @@ def _clip() -> ClipRecord:
                       source_video_id="x", video_path="/nonexistent.mp4")
 
 
-@pytest.fixture(scope="module")
-def builder(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("builder")
-    config = parse_args(["--source", f"folder={tmp}", "--quality-model", "piqe",
-                         "--clip-time-limit", "0", "--face-detector", "mediapipe",
-                         "--min-face-size", "64", "--crop-size", "64"])
-    b = ShardBuilder(config, BuildFolder(str(tmp)))
-    yield b
-    b.close()
+def _small_config(tmp: Path):
+    return parse_args(["--source", f"folder={tmp}", "--quality-model", "piqe",
+                       "--face-detector", "mediapipe", "--min-face-size", "64",
+                       "--crop-size", "64", "--identity-model", "none"])
 
 
-def test_a_clip_that_raises_is_recorded_and_the_builder_goes_on(builder):
-    builder._fresh_analyzer()
-    builder._analyzer = _ExplodingAnalyzer()
-    outcome = builder.analyze(_clip())
+def test_a_clip_that_raises_is_recorded_and_the_next_clip_gets_a_fresh_analyzer(tmp_path):
+    from curation.build import analyze
+
+    config, folder = _small_config(tmp_path), BuildFolder(str(tmp_path))
+    analyze.load_models(config)
+    (key,) = analyze._ANALYZERS
+    analyze._ANALYZERS[key] = _ExplodingAnalyzer()
+    outcome = analyze.analyze_clip(config, folder, "train/mfhq-train-000000.tar", _clip())
     assert outcome.status == "failed" and outcome.reason == Reason.INTERNAL_ERROR
     assert "decoder crashed on c" in outcome.message
-    # The real analyzer still works for the next clip (a missing file is its own reason).
-    builder._analyzer = None
-    nxt = builder.analyze(_clip())
+    assert outcome.work is None and not list((tmp_path / "manifests").rglob("*.json"))
+    # A real analyzer serves the next clip (a missing file is its own reason, not a crash).
+    nxt = analyze.analyze_clip(config, folder, "train/mfhq-train-000000.tar", _clip())
     assert nxt.status == "failed" and nxt.reason != Reason.INTERNAL_ERROR
+    assert not isinstance(next(iter(analyze._ANALYZERS.values())), _ExplodingAnalyzer)
 
 
-def test_a_clip_past_its_time_limit_is_a_timeout_and_the_analyzer_is_replaced(builder,
-                                                                           monkeypatch):
-    import curation.build.shard as shard_build
+def test_a_clip_past_its_time_limit_is_cancelled_and_its_worker_stopped(tmp_path, ray_local):
+    import ray
+    from ray.exceptions import TaskCancelledError
 
-    monkeypatch.setattr(shard_build, "TIMEOUT_GRACE_S", 0.5)
-    builder._fresh_analyzer()
-    stuck = _StuckAnalyzer()
-    builder._analyzer = stuck
-    outcome = builder.analyze(_clip())
-    stuck.release.set()
-    assert outcome.reason == Reason.VIDEO_TIMEOUT and outcome.status == "failed"
-    assert builder._analyzer is None          # a fresh one is made for the next clip
-    assert builder.scorer.score([np.zeros((64, 64, 3), np.uint8)]).shape == (1,)
+    from curation.build import analyze, pool
+
+    def hang(seconds: float) -> str:      # defined here: pickled by value for the worker
+        import time
+
+        time.sleep(seconds)
+        return "finished"
+
+    folder = BuildFolder(str(tmp_path))
+    clip = _clip()
+    ref = ray.remote(hang).options(max_retries=0).remote(120)
+    refs = {ref: (None, clip)}
+    # Not started yet (no marker): the limit does not run.
+    pool._enforce_limits(folder, refs, {}, 5.0, [], None)
+    ready, _ = ray.wait([ref], timeout=1)
+    assert not ready
+    # Its worker started it 10 s ago: past a 5 s limit, it is cancelled.
+    import json
+    import time
+
+    marker = analyze.inflight_marker(folder, clip)
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"clip": analyze.clip_key(clip), "pid": 0,
+                                  "started": time.time() - 10}))
+    pool._enforce_limits(folder, refs, {}, 5.0, [], None)
+    with pytest.raises(TaskCancelledError):
+        ray.get(ref, timeout=60)

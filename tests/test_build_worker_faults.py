@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from _reliability_helpers import manifest_rows, shard_hashes
+from _reliability_helpers import manifest_rows, shard_hashes, write_folder_corpus
 
 from curation.records import Reason
 
@@ -27,15 +26,8 @@ FLAGS = ["--no-progress", "--identities-per-shard", "1"]
 def folder_corpus(demo_corpus, tmp_path_factory):
     """Two identities of two real demo clips each, as a `folder` source."""
     paths, _ = demo_corpus
-    root = tmp_path_factory.mktemp("faults") / "folder"
-    videos = {"alice": sorted((paths.corpus / "folder" / "t1_face1").glob("clip_*.mp4")),
-              "bob": sorted((paths.corpus / "celebvhq").rglob("processed/58ZZttnFypV_*.mp4"))}
-    for person, files in videos.items():
-        assert len(files) >= 2, f"demo corpus lacks the clips for {person}"
-        (root / person).mkdir(parents=True)
-        for i, src in enumerate(files[:2]):
-            shutil.copyfile(src, root / person / f"clip_{i}.mp4")
-    return root
+    return write_folder_corpus(tmp_path_factory.mktemp("faults") / "folder", paths.corpus,
+                               ["alice", "bob"])
 
 
 def _build(root: Path, output: Path):
@@ -117,13 +109,13 @@ def test_a_clip_that_kills_its_worker_every_time_is_recorded_and_the_shard_compl
         folder_corpus, undisturbed, tmp_path):
     from curation import build_folder
     from curation.audit.verify import VerifyConfig, verify_build
-    from curation.build.pool import ACTOR_MAX_TASK_RETRIES
+    from curation.build.pool import ANALYSIS_MAX_RETRIES
 
     output = tmp_path / "build"
     target = _clip_key(folder_corpus, "bob", "clip_1.mp4")
     with ClipKiller(output / "manifests", target, times=100) as killer:
         summary = _build(folder_corpus, output)
-    assert len(killer.killed) == ACTOR_MAX_TASK_RETRIES + 1
+    assert len(killer.killed) == ANALYSIS_MAX_RETRIES + 1
     assert summary.ok and not summary.shards_failed
     clips = build_folder.read_manifest(output / "manifests", "clips")
     poisoned = clips[clips.source + ":" + clips.clip_id == target]

@@ -50,8 +50,9 @@ class RayConfig:
     address: str | None = None          # None: an embedded local Ray; 'auto' or host:port: join
     num_cpus: int | None = None         # embedded Ray only (default: all)
     num_gpus: int | None = None         # embedded Ray only (default: all visible)
-    actors: int | None = None           # shard builders (default: one per CPU of the cluster)
-    gpus_per_actor: float | None = None  # default: GPUs / actors when the cluster has GPUs
+    quality_actors: int | None = None   # default: one per GPU, else one per 8 CPUs (>= 1)
+    gpus_per_actor: float | None = None  # GPU share of a quality actor (default 1 with GPUs)
+    stall_timeout_s: float = 900.0      # no task starts or ends for this long: stop and say why
 
 
 @dataclass
@@ -307,12 +308,20 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
                      help="CPUs for the embedded local Ray (default: all)")
     run.add_argument("--num-gpus", dest="ray.num_gpus", type=int, default=None, metavar="N",
                      help="GPUs for the embedded local Ray (default: all visible)")
-    run.add_argument("--actors", dest="ray.actors", type=int, default=None, metavar="N",
-                     help="shard-building actors, each holding its own models (default: one "
-                          "per CPU of the Ray cluster)")
+    run.add_argument("--quality-actors", dest="ray.quality_actors", type=int, default=None,
+                     metavar="N",
+                     help="actors of the quality stage, each holding the quality model (default: "
+                          "one per GPU of the cluster; without GPUs one per 8 CPUs, at least "
+                          "one). Analysis and assembly are tasks that use every CPU")
     run.add_argument("--gpus-per-actor", dest="ray.gpus_per_actor", type=float, default=None,
                      metavar="G",
-                     help="GPU share per actor when the cluster has GPUs (default: GPUs/actors)")
+                     help="GPU share of each quality actor (default: 1 when the cluster has "
+                          "GPUs; set it on a cluster whose GPU nodes are not up yet, e.g. 1)")
+    run.add_argument("--stall-timeout", dest="ray.stall_timeout_s", type=float, default=900.0,
+                     metavar="S",
+                     help="stop with an error when for S seconds no task of the build has "
+                          "started or finished (a cluster without free CPUs, nodes that never "
+                          "come up); long enough for an autoscaler to add nodes")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="hide the progress bar (shown on stderr unless this flag is given; "
                           "progress=%(default)s)")

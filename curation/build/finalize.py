@@ -31,6 +31,7 @@ class BuildSummary:
     timings: dict[str, float]
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+    placement: dict[str, Any] = field(default_factory=dict)   # node -> clips / shards
 
     @property
     def ok(self) -> bool:
@@ -58,6 +59,8 @@ def write_run_record(config: BuildConfig, folder: bf.BuildFolder, plan: Plan, mo
                    "samples": sum(r["samples"] for r in shard_rows),
                    "bytes": sum(r["bytes"] for r in shard_rows)},
         "timings_s": summary.timings,
+        "placement": summary.placement,
+        "notes": summary.notes,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     bf.atomic_write(folder.run_path, json.dumps(record, sort_keys=True, indent=1, default=str))

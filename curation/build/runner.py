@@ -19,13 +19,15 @@ from curation import build_folder as bf
 from curation import manifests, takedowns
 from curation.build.config import BuildConfig
 from curation.build.finalize import BuildSummary, format_summary, write_run_record
+from curation.build.identity_check import resolve_duplicates
 from curation.build.incremental import retry_candidates
 from curation.build.models import check_models
 from curation.build.output import OutputPlan, decide_output, prepare_output, resume_check
 from curation.build.plan import build_plan
-from curation.build.pool import init_ray, run_shards
-from curation.build.shard import ShardResult, enumeration_rows
+from curation.build.pool import PipelineRun, init_ray, run_shards
+from curation.build.shard import enumeration_rows
 from curation.records import Reason
+from curation.sources import check_root
 
 __all__ = ["BuildSummary", "format_summary", "run_build"]
 
@@ -39,6 +41,8 @@ def run_build(config: BuildConfig) -> BuildSummary:
     folder = bf.BuildFolder.of(config)
     t0 = time.monotonic()
     timings: dict[str, float] = {}
+    for kind, root in config.sources:     # a wrong path is said before any model is looked for
+        check_root(kind, root)
     models = check_models(config)
     timings["check_models"] = time.monotonic() - t0
 
@@ -60,16 +64,15 @@ def run_build(config: BuildConfig) -> BuildSummary:
     ids_done = ids_total - sum(len(s.identities) for s in todo)
 
     t = time.monotonic()
-    results: list[ShardResult] = []
-    failures: list[tuple[str, str]] = []
+    pipeline = PipelineRun()
     interrupted = False
     started_ray = False
     try:
         if todo:
             started_ray = init_ray(config)
             timings["ray_init"] = time.monotonic() - t
-            results, failures = run_shards(config, folder, todo, ids_done, ids_total,
-                                           len(plan.shards), timings)
+            pipeline = run_shards(config, folder, todo, ids_done, ids_total,
+                                  len(plan.shards), timings)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -77,6 +80,8 @@ def run_build(config: BuildConfig) -> BuildSummary:
             ray.shutdown()
     timings["build"] = time.monotonic() - t
 
+    if not interrupted:   # identity check across identities (issue 13): after every shard
+        timings["duplicates"] = resolve_duplicates(folder, config).seconds
     t = time.monotonic()
     shard_rows = bf.write_shards_table(folder, [s.name for s in plan.shards])
     counts = bf.count_outcomes(folder.manifests_dir)
@@ -85,9 +90,10 @@ def run_build(config: BuildConfig) -> BuildSummary:
     summary = BuildSummary(
         shards_dir=str(config.shards_dir), manifests_dir=str(config.manifests_dir),
         config_hash=config.config_hash(), shards_total=len(plan.shards),
-        shards_built=len(results), shards_skipped=skipped, shards_failed=failures,
-        counts=counts, timings={k: round(v, 3) for k, v in timings.items()},
-        interrupted=interrupted)
+        shards_built=len(pipeline.results), shards_skipped=skipped,
+        shards_failed=pipeline.failures, counts=counts,
+        timings={k: round(v, 3) for k, v in timings.items()}, interrupted=interrupted,
+        notes=list(pipeline.notes), placement=pipeline.placement)
     if increment is not None and not increment.empty:
         summary.notes.append("incremental: " + increment.lines()[0])
     summary.notes += [f"rewrote {r.shard} without {len(r.identities)} identities"

@@ -162,12 +162,20 @@ class SelectionConfig:
     seed: int = 0                   # k-means seed
 
 
-def select_faces(poses: np.ndarray, sharpness: np.ndarray, *, n_images: int, pose_clusters: int,
-                 scored_per_cluster: int, seed: int, score_fn) -> Selection:
-    """The whole selection for one identity's usable candidates.
+@dataclass
+class PendingSelection:
+    """An identity's selection up to the quality model: its pose clusters and the candidates
+    (indices) the model must score."""
 
-    `score_fn(indices) -> sequence of floats` runs the quality model on those candidates.
-    """
+    clusters: PoseClusters
+    scored: list[int]
+
+
+def plan_selection(poses: np.ndarray, sharpness: np.ndarray, *, n_images: int,
+                   pose_clusters: int, scored_per_cluster: int, seed: int
+                   ) -> Selection | PendingSelection:
+    """Cluster the poses and pre-rank by sharpness: a final Selection when the identity cannot
+    be kept (too few faces or clusters), else what the quality model must score."""
     n = len(poses)
     if n < n_images:
         return Selection(Choice([], Reason.TOO_FEW_FACES.value,
@@ -179,7 +187,25 @@ def select_faces(poses: np.ndarray, sharpness: np.ndarray, *, n_images: int, pos
                                 f"{n} usable faces fall in {n_clusters} distinct pose clusters, "
                                 f"need {n_images}"), clusters, [], {})
     scored = prerank(clusters.labels, np.asarray(sharpness, dtype=np.float64), scored_per_cluster)
-    scores = [float(s) for s in score_fn(scored)]
-    quality = {i: s for i, s in zip(scored, scores, strict=True) if np.isfinite(s)}
-    choice = choose(clusters.labels, clusters.centroids, quality, n_images)
-    return Selection(choice, clusters, scored, quality)
+    return PendingSelection(clusters, scored)
+
+
+def finish_selection(pending: PendingSelection, scores, n_images: int) -> Selection:
+    """The choice of N faces once the quality model has scored `pending.scored`."""
+    scores = [float(s) for s in scores]
+    quality = {i: s for i, s in zip(pending.scored, scores, strict=True) if np.isfinite(s)}
+    choice = choose(pending.clusters.labels, pending.clusters.centroids, quality, n_images)
+    return Selection(choice, pending.clusters, pending.scored, quality)
+
+
+def select_faces(poses: np.ndarray, sharpness: np.ndarray, *, n_images: int, pose_clusters: int,
+                 scored_per_cluster: int, seed: int, score_fn) -> Selection:
+    """The whole selection for one identity's usable candidates.
+
+    `score_fn(indices) -> sequence of floats` runs the quality model on those candidates.
+    """
+    pending = plan_selection(poses, sharpness, n_images=n_images, pose_clusters=pose_clusters,
+                             scored_per_cluster=scored_per_cluster, seed=seed)
+    if isinstance(pending, Selection):
+        return pending
+    return finish_selection(pending, score_fn(pending.scored), n_images)

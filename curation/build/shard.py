@@ -1,80 +1,70 @@
-"""Building one shard: analyse every clip of its identities, select faces, write tar + parts.
+"""Stage 3 of the build, per shard (CPU): from the clips' work files to a committed shard.
 
-`ShardBuilder` holds the models (a FaceAnalyzer and a QualityScorer, loaded once) and turns a
-`ShardSpec` into a finished shard. It is plain Python; `curation.build.pool` wraps it in Ray
-actors. It is handed the build's config tree whole and the build folder with absolute paths.
+    assemble_shard(config, folder, spec, outcomes, score) -> ShardResult
 
-Fault isolation: one clip that raises is recorded failed (internal_error, with the message) and
-the identity goes on with its other clips; a clip that runs past its time limit is recorded as
-video_timeout and the analyzer is replaced (the stuck call is abandoned on its thread); one
-identity whose selection raises is dropped with internal_error and the shard goes on.
+For every identity of the shard: its clips' candidates from their work files (stage 1), the
+usable ones over-clustered by pose and pre-ranked by sharpness; then the quality model (stage 2,
+`score`) on the faces selection wants scored, in fixed requests over the whole shard; then the
+choice of N faces, the sample (crops as JPEG, masks as the analysis wrote them) and the manifest
+rows. The tar is written under a hidden name, the parts next, the tar renamed last (a shard is
+the unit of commit); then the shard's work files are deleted. The output is a function of the
+plan, the settings and the clips alone: the same bytes whatever the number of workers, nodes or
+the order in which tasks finish. Memory: one identity's candidate fields and one request of
+encoded crops at a time, and the shard's encoded samples.
+
+Fault isolation: a clip that failed is a clips row with its reason and the identity goes on with
+its other clips; an identity whose selection raises is dropped with internal_error and the shard
+goes on.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import os
+import shutil
 import time
-import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from curation import build_folder as bf
-from curation.build.plan import IdentityPlan, ShardSpec
-from curation.build.selection import Selection, pose_spread, select_faces
-from curation.build.tar_writer import (
-    Sample,
-    commit_shard,
-    encode_jpeg,
-    encode_json,
-    encode_png_mask,
-    stage_shard,
+from curation.build.analyze import (
+    ClipOutcome,
+    clip_key,
+    decode_png,
+    describe,
+    read_candidates,
+    read_images,
+    work_dir,
 )
+from curation.build.identity_check import (
+    IdentityDecision,
+    check_identity,
+    dropped_selection,
+    face_columns,
+    identity_columns,
+)
+from curation.build.plan import IdentityPlan, ShardSpec
+from curation.build.quality_pool import score_in_requests
+from curation.build.selection import (
+    PendingSelection,
+    Selection,
+    finish_selection,
+    plan_selection,
+    pose_spread,
+)
+from curation.build.tar_writer import Sample, commit_shard, encode_jpeg, encode_json, stage_shard
+from curation.faces.quality import QualityModel
 from curation.records import ClipRecord, Reason, Status
 from mfhq_contract import FORMAT_VERSION, JSON_EXT, image_ext, mask_ext
 
-# Extra time over the analyzer's own per-clip limit before the builder gives up on a call.
-TIMEOUT_GRACE_S = 30.0
 if TYPE_CHECKING:
     from curation.build.config import BuildConfig
-    from curation.faces.analysis import ClipAnalysis, FaceCandidate
+    from curation.faces.analysis import FaceCandidate
 
-
-def clip_key(clip: ClipRecord) -> str:
-    return f"{clip.source}:{clip.clip_id}"
-
-
-def read_inflight(folder: bf.BuildFolder, shard: str) -> str | None:
-    """The clip key a builder of `shard` was analysing when it last wrote its marker (each
-    builder names its clip there, so that the pool can tell which clip a dead worker was on)."""
-    try:
-        return json.loads(folder.inflight_marker(shard).read_text())["clip"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-@dataclass
-class ClipOutcome:
-    """What became of one clip in a builder: its analysis (None when it failed outright) and the
-    clips-manifest fields that describe the outcome."""
-
-    analysis: ClipAnalysis | None
-    status: str
-    reason: str | None
-    message: str
-    seconds: float
-
-    @classmethod
-    def failed(cls, reason: Reason, message: str, seconds: float = 0.0) -> ClipOutcome:
-        return cls(None, Status.FAILED, reason.value, message, seconds)
-
-    @classmethod
-    def of(cls, analysis: ClipAnalysis, seconds: float) -> ClipOutcome:
-        return cls(analysis, analysis.status, analysis.reason, analysis.message or "", seconds)
+# score(crops_png, request_index) -> scores: the quality pool's, or a local scorer's.
+ScoreFn = Callable[[list[bytes], int], np.ndarray]
 
 
 @dataclass
@@ -92,177 +82,169 @@ class ShardResult:
 
 @dataclass
 class _Face:
-    """A candidate face with the clip it came from."""
+    """A candidate face with the clip it came from and its work file."""
 
     clip: ClipRecord
     cand: FaceCandidate
+    work: str | None
 
 
-class ShardBuilder:
-    """Loads the models once; `build(spec)` writes one shard and its manifest parts."""
+@dataclass
+class _Identity:
+    """One identity of the shard between the stages of its assembly."""
 
-    def __init__(self, config: BuildConfig, folder: bf.BuildFolder, device: str = "cpu"):
-        from curation.faces.quality import QualityScorer
+    ident: IdentityPlan
+    clip_rows: list[dict]
+    faces: list[_Face]
+    rejected: list[_Face]
+    pending: Selection | PendingSelection | None
+    message: str = ""
+    identity: IdentityDecision | None = None   # the identity check's decision (issue 13)
 
-        self.config = config
-        self.folder = folder
-        self._analyzer = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._marker: Path | None = None
-        self._poisoned: dict[str, str] = {}
-        self.scorer = QualityScorer.from_config(config.quality, device=device)
 
-    # -- models ------------------------------------------------------------------------------
-    def load_models(self) -> None:
-        """Load the face analyzer now (it is otherwise loaded by the first clip)."""
-        if self._analyzer is None:
-            self._fresh_analyzer()
-
-    def _fresh_analyzer(self) -> None:
-        from curation.faces.analysis import FaceAnalyzer
-
-        # A dedicated thread runs every analyzer call, so a stuck call can be abandoned.
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="analyze")
-        self._analyzer = self._executor.submit(FaceAnalyzer, self.config.analysis).result()
-
-    def _abandon_analyzer(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        self._analyzer = None
-        self._executor = None
-
-    def close(self) -> None:
-        if self._analyzer is not None and self._executor is not None:
-            try:
-                self._executor.submit(self._analyzer.close).result(timeout=10)
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
-        self._abandon_analyzer()
-
-    def analyze(self, clip: ClipRecord) -> ClipOutcome:
-        """Analyse one clip; never raises."""
-        self.load_models()
-        started = time.monotonic()
-        limit = self.config.analysis.clip_time_limit_s + TIMEOUT_GRACE_S
-        future = self._executor.submit(self._analyzer.analyze_clip, clip)
-        try:
-            analysis = future.result(timeout=limit)
-        except concurrent.futures.TimeoutError:
-            self._abandon_analyzer()
-            return ClipOutcome.failed(Reason.VIDEO_TIMEOUT,
-                                      f"analysis did not return within {limit:.0f} s",
-                                      time.monotonic() - started)
-        except Exception as err:  # noqa: BLE001 - one bad clip must not lose the identity
-            return ClipOutcome.failed(Reason.INTERNAL_ERROR, _describe(err),
-                                      time.monotonic() - started)
-        return ClipOutcome.of(analysis, time.monotonic() - started)
-
-    # -- one shard ---------------------------------------------------------------------------
-    def build(self, spec: ShardSpec) -> ShardResult:
-        started = time.monotonic()
-        rows: dict[str, list[dict]] = {"clips": [], "faces": [], "identities": []}
-        samples: list[Sample] = []
-        clips_ok = clips_failed = 0
-        self._marker = self.folder.inflight_marker(spec.name)
-        self._poisoned = dict(spec.poisoned)
-        for ident in spec.identities:
-            sample, ident_rows = self.build_identity(ident, spec.name)
-            for table, table_rows in ident_rows.items():
-                rows[table].extend(table_rows)
-            if sample is not None:
-                samples.append(sample)
-            clips_ok += sum(1 for r in ident_rows["clips"] if r["status"] == Status.OK)
-            clips_failed += sum(1 for r in ident_rows["clips"] if r["status"] != Status.OK)
-        staged = stage_shard(self.folder.tar_path(spec.name), samples)
-        # Parts first, tar last: a tar under its final name implies its parts are written.
-        bf.write_shard_parts(self.folder, spec.name, staged.sha256, rows)
-        commit_shard(staged)
-        self._marker.unlink(missing_ok=True)
-        return ShardResult(spec.name, spec.split, len(samples), len(spec.identities),
-                           staged.bytes, staged.sha256, clips_ok, clips_failed,
-                           time.monotonic() - started)
-
-    def build_identity(self, ident: IdentityPlan, shard: str
-                       ) -> tuple[Sample | None, dict[str, list[dict]]]:
-        """Analyse, select and encode one identity; its sample (or None) and manifest rows."""
-        clip_rows: list[dict] = []
-        faces: list[_Face] = []
-        rejected: list[_Face] = []
-        for clip in ident.clips:
-            if clip_key(clip) in self._poisoned:
-                outcome = ClipOutcome.failed(Reason.WORKER_CRASHED, self._poisoned[clip_key(clip)])
-            else:
-                self._mark_inflight(shard, clip)
-                outcome = self.analyze(clip)
-            analysis = outcome.analysis
-            cands = list(analysis.candidates) if analysis is not None else []
-            usable = [c for c in cands if c.usable]
-            faces.extend(_Face(clip, c) for c in usable)
-            rejected.extend(_Face(clip, c) for c in cands if not c.usable)
-            clip_rows.append(_clip_row(clip, outcome, ident, shard, len(cands), len(usable)))
-        try:
-            selection = self._select(faces)
-            message = selection.choice.message
-        except Exception as err:  # noqa: BLE001 - one identity must not lose the shard
-            selection = None
-            message = _describe(err)
-        sample = None
+def assemble_shard(config: BuildConfig, folder: bf.BuildFolder, spec: ShardSpec,
+                   outcomes: dict[str, ClipOutcome], score: ScoreFn) -> ShardResult:
+    """Select, encode and commit one shard from its clips' outcomes and work files."""
+    started = time.monotonic()
+    model_name = QualityModel(config.quality.model).value
+    idents = [_gather(config, ident, spec.name, outcomes) for ident in spec.identities]
+    selections = _score_and_choose(config, idents, score)
+    rows: dict[str, list[dict]] = {"clips": [], "faces": [], "identities": []}
+    samples: list[Sample] = []
+    for item, selection in zip(idents, selections, strict=True):
+        message = item.message or (selection.choice.message if selection is not None else "")
         if selection is not None and selection.choice.ok:
-            sample = self._sample(ident, faces, selection)
-        face_rows = _face_rows(ident, shard, faces, rejected, selection, self.scorer.model_name)
-        ident_row = _identity_row(ident, shard, faces, selection, clip_rows, message,
-                                  self.scorer.model_name)
-        for face in faces + rejected:   # the crops are in the sample now; free them
-            face.cand.crop = face.cand.mask = None
-        return sample, {"clips": clip_rows, "faces": face_rows, "identities": [ident_row]}
+            try:
+                samples.append(_sample(config, item, selection, model_name))
+            except Exception as err:  # noqa: BLE001 - a broken work file loses one identity
+                selection, message = None, describe(err)
+        rows["clips"] += item.clip_rows
+        rows["faces"] += _face_rows(item.ident, spec.name, item.faces, item.rejected, selection,
+                                    model_name)
+        row = _identity_row(item.ident, spec.name, item.faces, selection, item.clip_rows,
+                            message, model_name)
+        rows["identities"].append({**row, **identity_columns(item.identity,
+                                                             row["status"] == Status.KEPT)})
+    staged = stage_shard(folder.tar_path(spec.name), samples)
+    # Parts first, tar last: a tar under its final name implies its parts are written.
+    bf.write_shard_parts(folder, spec.name, staged.sha256, rows)
+    commit_shard(staged)
+    shutil.rmtree(work_dir(folder, spec.name), ignore_errors=True)
+    clips_ok = sum(1 for r in rows["clips"] if r["status"] == Status.OK)
+    return ShardResult(spec.name, spec.split, len(samples), len(spec.identities), staged.bytes,
+                       staged.sha256, clips_ok, len(rows["clips"]) - clips_ok,
+                       time.monotonic() - started)
 
-    def _mark_inflight(self, shard: str, clip: ClipRecord) -> None:
-        if self._marker is not None:
-            bf.atomic_write(self._marker, json.dumps(
-                {"shard": shard, "clip": clip_key(clip), "pid": os.getpid()}))
 
-    def _select(self, faces: list[_Face]) -> Selection:
-        s = self.config.selection
+def _gather(config: BuildConfig, ident: IdentityPlan, shard: str,
+            outcomes: dict[str, ClipOutcome]) -> _Identity:
+    """An identity's clip rows and candidates (fields only) and its selection up to scoring."""
+    clip_rows, faces, rejected = [], [], []
+    for clip in ident.clips:
+        outcome = outcomes.get(clip_key(clip)) or ClipOutcome.failed(
+            Reason.INTERNAL_ERROR, "no analysis outcome reached the assembly")
+        cands: list = []
+        if outcome.work:
+            try:
+                cands = read_candidates(outcome.work)
+            except Exception as err:  # noqa: BLE001 - an unreadable work file fails the clip
+                outcome = ClipOutcome.failed(Reason.INTERNAL_ERROR,
+                                             f"work file unreadable: {describe(err)}")
+        usable = [c for c in cands if c.usable_in_work]
+        faces += [_Face(clip, c, outcome.work) for c in usable]
+        rejected += [_Face(clip, c, outcome.work) for c in cands if not c.usable_in_work]
+        clip_rows.append(_clip_row(clip, outcome, ident, shard, len(cands), len(usable)))
+    # Identity check (issue 13): other people's faces leave before selection; an identity
+    # without a dominant person is dropped with that reason.
+    faces, rejected, decision = check_identity(faces, rejected, clip_rows, config.identity)
+    item = _Identity(ident, clip_rows, faces, rejected, None, identity=decision)
+    if decision.drop_reason is not None:
+        item.pending = dropped_selection(decision)
+        return item
+    s = config.selection
+    try:
         poses = np.array([[f.cand.yaw, f.cand.pitch, f.cand.roll] for f in faces],
                          dtype=np.float64).reshape(-1, 3)
         sharpness = np.array([f.cand.sharpness or 0.0 for f in faces], dtype=np.float64)
+        item.pending = plan_selection(poses, sharpness, n_images=s.images_per_identity,
+                                      pose_clusters=s.pose_clusters,
+                                      scored_per_cluster=s.scored_per_cluster, seed=s.seed)
+    except Exception as err:  # noqa: BLE001 - one identity must not lose the shard
+        item.message = describe(err)
+    return item
 
-        def score(indices: list[int]) -> np.ndarray:
-            if not indices:
-                return np.zeros(0)
-            return np.asarray(self.scorer.score([faces[i].cand.crop for i in indices]),
-                              dtype=np.float64).reshape(-1)
 
-        return select_faces(poses, sharpness, n_images=s.images_per_identity,
-                            pose_clusters=s.pose_clusters, scored_per_cluster=s.scored_per_cluster,
-                            seed=s.seed, score_fn=score)
+def _crops_png(faces: list[_Face]) -> list[bytes]:
+    """The crops of these faces as PNG bytes, reading each work file once."""
+    by_work: dict[str, set[int]] = {}
+    for face in faces:
+        by_work.setdefault(face.work, set()).add(face.cand.work_index)
+    images = {work: read_images(work, indices) for work, indices in by_work.items()}
+    return [images[f.work][f.cand.work_index][0] for f in faces]
 
-    def _sample(self, ident: IdentityPlan, faces: list[_Face], selection: Selection) -> Sample:
-        images, members = [], []
-        for index, face_index in enumerate(selection.choice.selected):
-            face = faces[face_index]
-            images.append(_image_record(index, face, selection, face_index,
-                                        self.scorer.model_name))
-        record = {
-            "format_version": FORMAT_VERSION, "key": ident.key, "identity_id": ident.identity_id,
-            "sources": ident.sources, "source_video_ids": ident.source_video_ids,
-            "split": ident.split, "crop_size": self.config.analysis.crop_size, "images": images,
-        }
-        members.append((JSON_EXT, encode_json(record)))
-        for index, face_index in enumerate(selection.choice.selected):
-            members.append((image_ext(index), encode_jpeg(faces[face_index].cand.crop)))
-        for index, face_index in enumerate(selection.choice.selected):
-            members.append((mask_ext(index), encode_png_mask(faces[face_index].cand.mask)))
-        return Sample(ident.key, members)
+
+def _score_and_choose(config: BuildConfig, idents: list[_Identity], score: ScoreFn
+                      ) -> list[Selection | None]:
+    """Score every face any identity of the shard wants scored, in fixed requests in shard
+    order (so the same requests whatever the scheduling), then choose per identity."""
+    wanted: list[tuple[int, int]] = []          # (identity position, face index)
+    for pos, item in enumerate(idents):
+        if isinstance(item.pending, PendingSelection):
+            wanted += [(pos, i) for i in item.pending.scored]
+    scores: dict[tuple[int, int], float] = {}
+    failed: dict[int, str] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start:start + _CHUNK]
+        try:
+            crops = _crops_png([idents[p].faces[i] for p, i in chunk])
+            values = score_in_requests(score, crops)
+            scores.update(zip(chunk, (float(v) for v in values), strict=True))
+        except Exception as err:  # noqa: BLE001 - those identities are dropped, the rest go on
+            for p, _ in chunk:
+                failed.setdefault(p, describe(err))
+    out: list[Selection | None] = []
+    for pos, item in enumerate(idents):
+        pending = item.pending
+        if pos in failed:
+            item.message, pending = failed[pos], None
+        if isinstance(pending, PendingSelection):
+            try:
+                pending = finish_selection(pending, [scores[(pos, i)] for i in pending.scored],
+                                           config.selection.images_per_identity)
+            except Exception as err:  # noqa: BLE001
+                item.message, pending = describe(err), None
+        out.append(pending)
+    return out
+
+
+# Faces whose crops are read and scored together (a multiple of the pool's request size, so
+# chunking does not change which crops share a request).
+_CHUNK = 64 * 8
+
+
+def _sample(config: BuildConfig, item: _Identity, selection: Selection,
+            model_name: str) -> Sample:
+    chosen = [item.faces[i] for i in selection.choice.selected]
+    by_work: dict[str, set[int]] = {}
+    for face in chosen:
+        by_work.setdefault(face.work, set()).add(face.cand.work_index)
+    images = {work: read_images(work, indices) for work, indices in by_work.items()}
+    records = [_image_record(index, item.faces[face_index], selection, face_index, model_name)
+               for index, face_index in enumerate(selection.choice.selected)]
+    ident = item.ident
+    record = {
+        "format_version": FORMAT_VERSION, "key": ident.key, "identity_id": ident.identity_id,
+        "sources": ident.sources, "source_video_ids": ident.source_video_ids,
+        "split": ident.split, "crop_size": config.analysis.crop_size, "images": records,
+    }
+    members = [(JSON_EXT, encode_json(record))]
+    pngs = [images[f.work][f.cand.work_index] for f in chosen]
+    members += [(image_ext(i), encode_jpeg(decode_png(crop))) for i, (crop, _) in enumerate(pngs)]
+    members += [(mask_ext(i), mask) for i, (_, mask) in enumerate(pngs)]
+    return Sample(ident.key, members)
 
 
 # --- rows -------------------------------------------------------------------------------------
-
-def _describe(err: BaseException) -> str:
-    tb = traceback.extract_tb(err.__traceback__)
-    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
-    return f"{type(err).__name__}: {err}{where}"[:2000]
-
 
 def _float(value) -> float | None:
     if value is None:
@@ -273,15 +255,12 @@ def _float(value) -> float | None:
 
 def _clip_row(clip: ClipRecord, outcome: ClipOutcome, ident: IdentityPlan, shard: str,
               n_faces: int, n_candidates: int) -> dict:
-    analysis = outcome.analysis
     row = _record_row(clip, stage="analysis")
     row.update(status=outcome.status, reason=outcome.reason, message=outcome.message,
                n_faces=n_faces, n_candidates=n_candidates,
-               analysis_seconds=round(outcome.seconds, 3), split=ident.split, shard=shard)
-    if analysis is not None:
-        row.update(frames_decoded=analysis.frames_decoded, width=analysis.width,
-                   height=analysis.height, fps=_float(analysis.fps),
-                   num_frames=analysis.num_frames)
+               analysis_seconds=round(outcome.seconds, 3), split=ident.split, shard=shard,
+               frames_decoded=outcome.frames_decoded, width=outcome.width,
+               height=outcome.height, fps=_float(outcome.fps), num_frames=outcome.num_frames)
     return row
 
 
@@ -347,6 +326,7 @@ def _face_row(ident: IdentityPlan, shard: str, face: _Face, reason: str | None,
         "sharpness": _float(c.sharpness), "pose_cluster": cluster, "quality": _float(quality),
         "quality_model": model_name, "selected": image_index is not None,
         "image_index": image_index, "reason": reason, "split": ident.split, "shard": shard,
+        **face_columns(c),   # track, embedding, identity_model, identity_distance (issue 13)
     }
 
 

@@ -31,8 +31,9 @@ _ADAPTERS: dict[str, Callable[[FileIndex], Iterator[ClipRecord]]] = {
 LICENSES: dict[str, str] = {kind.value: module.LICENSE for kind, module in _MODULES.items()}
 
 
-def enumerate_source(kind: str, root: str | os.PathLike) -> Iterator[ClipRecord]:
-    """Clip records of one source. Raises SourceError at call time, before yielding anything."""
+def check_root(kind: str, root: str | os.PathLike) -> str:
+    """The source's root as a path string; raises SourceError for an unknown kind or a root that
+    is not a folder (the build calls this before anything slow, e.g. the model check)."""
     if kind not in _ADAPTERS:
         raise SourceError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
     try:
@@ -43,6 +44,12 @@ def enumerate_source(kind: str, root: str | os.PathLike) -> Iterator[ClipRecord]
         what = "does not exist" if not os.path.exists(root_path) else "is not a folder"
         raise SourceError(f"source root {root_path} for {kind} {what}; pass the folder that "
                           f"holds the dataset (the README's Sources section shows each layout)")
+    return root_path
+
+
+def enumerate_source(kind: str, root: str | os.PathLike) -> Iterator[ClipRecord]:
+    """Clip records of one source. Raises SourceError at call time, before yielding anything."""
+    root_path = check_root(kind, root)
     return _ADAPTERS[kind](build_index(root_path))
 
 
@@ -56,4 +63,5 @@ def group_identities(records: Iterable[ClipRecord]) -> dict[str, list[ClipRecord
             for identity in sorted(groups)}
 
 
-__all__ = ["SOURCE_KINDS", "LICENSES", "SourceError", "enumerate_source", "group_identities"]
+__all__ = ["SOURCE_KINDS", "LICENSES", "SourceError", "check_root", "enumerate_source",
+           "group_identities"]

@@ -1,0 +1,208 @@
+"""The build on a real multi-node Ray cluster started on this machine (`ray.cluster_utils.Cluster`):
+a head node with CPUs and a worker node that declares a GPU it does not have, so that the
+quality stage is scheduled onto the "GPU" node and must fall back to the CPU there.
+
+The build runs as its own process (`python -m curation.build_mfhq --ray-address ...`), as a
+user would run it against a cluster; these tests never call ray.init in the test process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _reliability_helpers import manifest_rows, shard_hashes, write_folder_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+FLAGS = ["--no-progress", "--identities-per-shard", "1"]
+
+
+@pytest.fixture(scope="module")
+def small_corpus(demo_corpus, tmp_path_factory):
+    """Three identities of two real demo clips each, as a `folder` source."""
+    paths, _ = demo_corpus
+    return write_folder_corpus(tmp_path_factory.mktemp("cluster") / "folder", paths.corpus,
+                               ["alice", "bob", "carol"])
+
+
+def _args(root: Path, output: Path) -> list[str]:
+    from mfhq.demo import DEMO_BUILD_FLAGS
+
+    return ["--source", f"folder={root}", "--output", str(output), *DEMO_BUILD_FLAGS, *FLAGS]
+
+
+def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "curation.build_mfhq", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def one_node(small_corpus, tmp_path_factory):
+    """The same build on an embedded one-node Ray: the reference bytes."""
+    output = tmp_path_factory.mktemp("one-node") / "build"
+    result = _run(_args(small_corpus, output) + ["--num-cpus", "2"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return shard_hashes(output), manifest_rows(output)
+
+
+@pytest.fixture()
+def cluster():
+    """A head with 1 CPU and a worker node with 2 CPUs that declares 1 GPU (it has none)."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = c.add_node(num_cpus=2, num_gpus=1)
+    c.wait_for_nodes(timeout=120)
+    yield c, worker
+    c.shutdown()
+
+
+@contextlib.contextmanager
+def _head_only(num_cpus: int):
+    """A cluster of one head node with `num_cpus` CPUs (nodes may be added), shut down after."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": num_cpus, "include_dashboard": False})
+    try:
+        yield c
+    finally:
+        c.shutdown()
+
+
+def _run_record(output: Path) -> dict:
+    return json.loads((output / "manifests" / "run.json").read_text())
+
+
+@pytest.mark.timeout(900)
+def test_a_two_node_cluster_build_uses_both_nodes_and_equals_a_one_node_build(
+        small_corpus, one_node, cluster, tmp_path):
+    c, _ = cluster
+    output = tmp_path / "build"
+    result = _run(_args(small_corpus, output) + ["--ray-address", c.address])
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = _run_record(output)
+    placement = record["placement"]
+    assert len(placement["analysis"]) == 2, placement          # clips analysed on both nodes
+    assert sum(placement["analysis"].values()) == 6
+    # The quality actor was placed on the node that declares the GPU, and fell back to its CPU.
+    assert len(placement["quality"]) == 1
+    assert any("declares a GPU but torch sees none" in n for n in record.get("notes", [])) or \
+        "declares a GPU but torch sees none" in result.stdout
+    hashes, rows = one_node
+    assert shard_hashes(output) == hashes
+    assert manifest_rows(output) == rows
+
+
+@pytest.mark.timeout(900)
+def test_a_worker_node_removed_mid_build_loses_nothing(small_corpus, one_node, tmp_path):
+    # The driver attaches to a raylet of its own machine; on a one-machine cluster that could be
+    # any node, so the worker node joins only after the driver is up (as in a real cluster,
+    # where the driver runs on the head and workers come and go).
+    with _head_only(num_cpus=1) as c:
+        output = tmp_path / "build"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        log_path = tmp_path / "build.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "curation.build_mfhq", "--verbose",
+                                     *_args(small_corpus, output), "--ray-address", c.address],
+                                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        inflight = output / "manifests" / ".inflight"
+
+        def clips_in_flight() -> int:
+            return len(list(inflight.glob("*.json"))) if inflight.is_dir() else 0
+
+        deadline = time.monotonic() + 300
+        while clips_in_flight() < 1:                   # the driver is up and working
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the build never started a clip"
+            time.sleep(0.05)
+        worker = c.add_node(num_cpus=2)
+        while clips_in_flight() < 2:                   # clips run on the new node too
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "no clip ever ran on the added node"
+            time.sleep(0.05)
+        c.remove_node(worker)
+        assert proc.wait(timeout=600) == 0, log_path.read_text()
+    text = log_path.read_text()
+    # A clip was lost with the node and run again elsewhere; nothing is lost in the output.
+    assert "node it was running on is dead" in text, text[-3000:]
+    hashes, rows = one_node
+    assert shard_hashes(output) == hashes
+    assert manifest_rows(output) == rows
+
+
+@pytest.mark.timeout(900)
+def test_gpus_asked_for_on_a_cluster_without_them_is_said_within_a_minute(small_corpus,
+                                                                        tmp_path):
+    with _head_only(num_cpus=2) as c:
+        output = tmp_path / "build"
+        started = time.monotonic()
+        result = _run(_args(small_corpus, output) + ["--ray-address", c.address,
+                                                      "--gpus-per-actor", "1", "--limit", "1"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "could not be placed within 60 s" in result.stdout
+    assert "GPU" in result.stdout
+    assert time.monotonic() - started < 600
+
+
+@pytest.mark.timeout(600)
+def test_a_cluster_whose_worker_nodes_never_join_stops_with_a_clear_error(small_corpus,
+                                                                          tmp_path):
+    # The head of cluster.yaml declares no CPUs (it only drives); with no worker node up, no
+    # analysis task can ever start.
+    with _head_only(num_cpus=0) as c:
+        result = _run(_args(small_corpus, tmp_path / "build") + [
+            "--ray-address", c.address, "--stall-timeout", "20", "--limit", "1"], timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no analysis task of the build could start" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(900)
+def test_a_build_submitted_with_ray_job_submit_completes(small_corpus, one_node, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    port = _free_port()
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 1, "include_dashboard": True,
+                                "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    try:
+        c.add_node(num_cpus=2)
+        c.wait_for_nodes(timeout=120)
+        output = tmp_path / "build"
+        ray_cli = Path(sys.executable).with_name("ray")
+        # As the README says: the checkout is uploaded as the job's working dir (.gitignore'd
+        # files such as .venv stay behind) and the build joins the cluster it runs on.
+        submit = [str(ray_cli), "job", "submit", "--address", f"http://127.0.0.1:{port}",
+                  "--working-dir", str(REPO), "--", sys.executable, "curation/build_mfhq.py",
+                  "--ray-address", "auto", *_args(small_corpus, output)]
+        deadline = time.monotonic() + 180
+        while True:     # the head's job agent registers a little after the dashboard answers
+            result = subprocess.run(submit, cwd=REPO, capture_output=True, text=True,
+                                    timeout=800)
+            if "No available agent" not in result.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+    finally:
+        c.shutdown()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in (result.stdout + result.stderr).lower()
+    hashes, rows = one_node
+    assert shard_hashes(output) == hashes
+    assert manifest_rows(output) == rows
