@@ -8,8 +8,9 @@ and one training step (bf16 autocast, backward, AdamW step) runs under PyTorch's
 which records the peak of live tensors by kind: parameters, gradients, optimiser state,
 activations. The step runs on the CPU device (autocast "cpu" in bf16 follows the same
 bf16-matmul policy as CUDA's); CUDA allocator overhead (caching, fragmentation, cuBLAS / flash
-workspaces) is not included: budget ~10 % on top. `--stage mtd` is the warm-up phase, `joint`
-the MTD + flow step.
+workspaces) is not included: budget ~10 % on top. `--stage mtd` is stage 1 of the two-stage
+recipe (no FLUX in memory), `joint` the joint stage's MTD + flow step (its peak; the MTD warm-up
+steps of stage `joint` hold the same weights and optimiser state with fewer activations).
 """
 
 from __future__ import annotations
@@ -30,6 +31,23 @@ from training.model import OmniID, phase_at  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
 GIB = 2**30
+
+
+class _NoHook:
+    """Takes the place of the gradient hooks MemTracker puts on every parameter it meets."""
+
+    def remove(self) -> None:
+        pass
+
+
+def skip_grad_hooks(tracker, model: torch.nn.Module) -> None:
+    """MemTracker registers a gradient hook on each parameter of a module it enters, and torch
+    refuses hooks on tensors that do not require grad (the frozen FLUX base): mark those
+    parameters as hooked already. They never get a gradient, so nothing goes untracked; they
+    are still counted as parameters (`track_external`)."""
+    for param in model.parameters():
+        if not param.requires_grad:
+            tracker._param_to_grad_hook_handles[param] = (_NoHook(), _NoHook())
 
 
 def estimate(config: TrainConfig, batch_size: int, flux_size=None) -> dict[str, float]:
@@ -64,6 +82,7 @@ def estimate(config: TrainConfig, batch_size: int, flux_size=None) -> dict[str, 
         optimizer.zero_grad(set_to_none=True)
         tracker = MemTracker()
         tracker.track_external(model, optimizer)
+        skip_grad_hooks(tracker, model)
         with tracker:
             with autocast:
                 model(*batch, phase=phase)["loss"].backward()

@@ -39,11 +39,13 @@ from training.mtd import random_patch_mask
 
 
 def load_model(path: str, device: torch.device | str, prefer_ema: bool = True,
-               flux_path: str = "") -> tuple[OmniID, TrainConfig]:
+               flux_path: str = "", prompt_embeds: str = "") -> tuple[OmniID, TrainConfig]:
     state = ckpt.load(path)
     config = ckpt.saved_config(state)
     if flux_path:  # the frozen FLUX weights moved since training
         config.flow.flux_path = flux_path
+    if prompt_embeds:  # so did the prompt file (the checkpoint's own copy replaces its tensors)
+        config.flow.prompt_embeds = prompt_embeds
     model = OmniID(config)
     model.load_checkpoint_state(state["model"])
     if prefer_ema and state.get("ema"):
@@ -227,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pose", action="store_true", help="skip FaceMesh head-pose error")
     p.add_argument("--sample-steps", type=int, help="flow sampler steps (default: the config's)")
     p.add_argument("--flux", default="", help="FLUX folder, if it moved since training")
+    p.add_argument("--prompt-embeds", default="",
+                   help="FLUX prompt embeddings file, if it moved since training")
     p.add_argument("--no-ema", action="store_true", help="use raw, not EMA, encoder weights")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the fixed masks / noise")
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = torch.device(args.device)
     model, config = load_model(args.checkpoint, device, prefer_ema=not args.no_ema,
-                               flux_path=args.flux)
+                               flux_path=args.flux, prompt_embeds=args.prompt_embeds)
     evaluator = Evaluator(config, device, args.seed, args.batch_size, arcface=args.arcface,
                           pose=not args.no_pose, sample_steps=args.sample_steps)
     rows = evaluator.run(model, args.shards, tuple(args.n_inputs), args.max_samples)

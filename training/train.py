@@ -191,8 +191,18 @@ def restore(state: dict, model: OmniID, optimizer: torch.optim.Optimizer, ema: E
     return loop_state
 
 
+def check_eval_files(config: TrainConfig) -> None:
+    """The evaluation's files, checked before the first step rather than at the first
+    evaluation (`--eval-every` steps in, with up to `--ckpt-every` steps unsaved)."""
+    if config.test_shards and config.eval_arcface and not Path(config.eval_arcface).is_file():
+        raise FileNotFoundError(
+            f"ArcFace model not found: {config.eval_arcface}. Put insightface buffalo_l's "
+            f"w600k_r50.onnx there or omit --eval-arcface to skip ID similarity.")
+
+
 def train(config: TrainConfig, progress: bool = True) -> dict:
     """Run training as configured; returns a summary (last loss, steps, output paths)."""
+    check_eval_files(config)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(config.device, local_rank)
     if device.type == "cuda":
