@@ -6,11 +6,13 @@
 Generates a demo corpus of `--identities N` (reused from `--workdir` when already there), runs
 the real build (`python -m curation.build_mfhq`, the demo's settings, embedded Ray with
 `--num-cpus`) in a fresh output folder, and samples the machine's CPU time (/proc/stat) every
-0.5 s while it runs. Prints the mean utilisation of all CPUs over the build's working phase
+0.5 s while it runs, and the CPU time of the build's own processes (the driver and every Ray
+worker, from /proc/<pid>/stat). Prints the CPUs the build kept busy over its working phase
 (from the first clip's analysis until the last shard is committed, taken from the build's own
 timings: start-up and the final tables are reported apart) and over the whole command, with the
 baseline of the same run: the machine's utilisation in the 5 s before the build started (other
-work on a shared machine). Utilisation counts every process, so read it beside that baseline.
+work on a shared machine). The machine-wide figure counts every process, so read it beside that
+baseline; the build's own figure counts only its processes.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ def ray_worker_rss() -> dict[int, tuple[str, int]]:
     return out
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """utime + stime of one process, in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_of(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -72,19 +81,36 @@ class Sampler(threading.Thread):
         self.driver_pid: int | None = None
         self.driver_peak = 0
         self.worker_peak: dict[int, tuple[str, int]] = {}
+        self.cpu_of: dict[int, float] = {}        # last seen CPU seconds of each build process
+        self.build_cpu: list[tuple[float, float]] = []   # (time, CPU s of the build so far)
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.samples.append((time.time(), *cpu_times()))
+            pids = list(ray_worker_rss().items())
             try:
                 if self.driver_pid:
                     self.driver_peak = max(self.driver_peak, rss_of(self.driver_pid))
+                    self.cpu_of[self.driver_pid] = cpu_seconds_of(self.driver_pid)
             except OSError:
                 pass
-            for pid, (name, rss) in ray_worker_rss().items():
+            for pid, (name, rss) in pids:
                 if rss > self.worker_peak.get(pid, ("", 0))[1]:
                     self.worker_peak[pid] = (name, rss)
+                try:
+                    self.cpu_of[pid] = cpu_seconds_of(pid)
+                except OSError:
+                    pass
+            self.build_cpu.append((time.time(), sum(self.cpu_of.values())))
             self.stop.wait(self.period)
+
+    def build_cpus_busy(self, start: float, end: float) -> float:
+        """CPUs kept busy by the build's own processes (driver + Ray workers) in [start, end]:
+        other work on a shared machine does not count."""
+        inside = [s for s in self.build_cpu if start <= s[0] <= end]
+        if len(inside) < 2:
+            return float("nan")
+        return (inside[-1][1] - inside[0][1]) / max(inside[-1][0] - inside[0][0], 1e-9)
 
     def utilisation(self, start: float, end: float) -> float:
         inside = [s for s in self.samples if start <= s[0] <= end]
@@ -170,14 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build: {counts.get('identities_kept')} identities kept of {identities}, "
           f"{sum(run['placement'].get('analysis', {}).values())} clips analysed, "
           f"{run['shards']['planned']} shards, --num-cpus {ns.num_cpus} on a {ncpu}-CPU machine")
-    print(f"working phase {work_end - work_start:.1f} s: CPU utilisation {working:.0%} of "
-          f"{ncpu} CPUs ({working * ncpu:.2f} CPUs busy)")
+    own = sampler.build_cpus_busy(work_start, work_end)
+    print(f"working phase {work_end - work_start:.1f} s: the build's own processes kept "
+          f"{own:.2f} of its {ns.num_cpus} CPUs busy ({own / ns.num_cpus:.0%}); the machine as a "
+          f"whole: {working:.0%} of {ncpu} CPUs")
     print(f"whole command {ended - started:.1f} s: {whole:.0%}; baseline before it: "
           f"{baseline:.0%}")
     print(f"FIGURES identities={identities} clips={ns.long_identity or ''} "
           f"num_cpus={ns.num_cpus} driver_peak_mib={sampler.driver_peak / 2**20:.0f} "
           f"worker_peak_mib={analysis_peak / 2**20:.0f} actor_peak_mib={actor_peak / 2**20:.0f} "
-          f"working_s={work_end - work_start:.1f} working_util={working:.3f} "
+          f"working_s={work_end - work_start:.1f} build_cpus_busy={own:.2f} "
+          f"machine_util={working:.3f} "
           f"whole_util={whole:.3f} baseline_util={baseline:.3f}")
     return 0
 
