@@ -7,7 +7,8 @@ MFHQ build on it, write the build's audit report (`curation.audit.report`), and 
 The demo corpus has small faces (about 200-300 px in 512 px frames) and no model downloads are
 possible, so the demo build uses a lower --min-face-size, 256 px crops, the bundled mediapipe
 detector and the PIQE quality model. Real runs use insightface SCRFD and TOPIQ
-(`topiq_nr-face`), with the paper's ~448 px minimum face size.
+(`topiq_nr-face`), with the default --min-face-size 320 (the side of the source region that
+becomes the crop; README "Face size").
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def _run(paths: DemoPaths, ns: argparse.Namespace) -> int:
     print("[demo] mfhq build " + " ".join(args), flush=True)
     print("[demo] note: the demo uses PIQE and the mediapipe detector because no model weights "
           "can be downloaded here; real runs use TOPIQ (--quality-model topiq_nr-face, the "
-          "default) and insightface SCRFD, with --min-face-size 448.", flush=True)
+          "default) and insightface SCRFD, with the default --min-face-size 320.", flush=True)
     summary = run_demo_build(paths, extra)
     print(format_summary(summary), flush=True)
     print(f"[demo] report: {write_demo_report(paths)}", flush=True)
