@@ -178,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     run = json.loads((output / "manifests" / "run.json").read_text())
     t = run["timings_s"]
     # The working phase: after the driver's start-up, for the pipeline's own seconds.
-    work_start = started + t.get("check_models", 0) + t.get("enumerate_and_plan", 0) + \
-        t.get("resume_check", 0) + t.get("ray_init", 0) + t.get("quality_ready", 0)
-    work_end = started + t.get("check_models", 0) + t.get("enumerate_and_plan", 0) + \
-        t.get("resume_check", 0) + t.get("build", 0)
+    before_pipeline = started + sum(t.get(k, 0) for k in ("check_models", "enumerate_and_plan",
+                                                          "resume_check"))
+    work_start = before_pipeline + t.get("ray_init", 0) + t.get("quality_ready", 0)
+    work_end = before_pipeline + t.get("build", 0)
     baseline = sampler.utilisation(started - 5.5, started)
     working = sampler.utilisation(work_start, work_end)
     whole = sampler.utilisation(started, ended)

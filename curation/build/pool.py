@@ -223,6 +223,7 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
         if remaining[spec.name] == 0:
             shard_refs[assembly.remote(config, folder, spec, {}, pool)] = (spec, time.monotonic())
     last_progress = time.monotonic()
+    last_check, running = 0.0, False
     try:
         while queue or clip_refs or shard_refs:
             while queue and len(clip_refs) < max_inflight:
@@ -255,8 +256,12 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
                     except (RayError, GetTimeoutError) as err:
                         failures.append((spec.name, str(err)[:2000]))
                     progress.shard(len(by_name[spec.name].identities))
-            running = _enforce_limits(folder, clip_refs, shard_refs, limit_s, failures,
-                                      progress)
+            # Time limits read one marker file per clip in flight (on a shared filesystem):
+            # once per POLL_S, not after every finished task.
+            if time.monotonic() - last_check >= POLL_S:
+                running = _enforce_limits(folder, clip_refs, shard_refs, limit_s, failures,
+                                          progress)
+                last_check = time.monotonic()
             if done or running or not clip_refs:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > config.ray.stall_timeout_s:
