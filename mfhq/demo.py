@@ -134,9 +134,9 @@ def run_demo_training(paths: DemoPaths, steps: int) -> int:
     return train_main(args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m mfhq.demo") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mfhq.demo",
+        prog=prog,
         description="Build the demo corpus (with bad inputs), run the full MFHQ build on it, write the audit report, and train Omni-ID (tiny preset) briefly on the demo shards.")
     parser.add_argument("--workdir", default="demo-output", help="folder for corpus and build")
     parser.add_argument("--seed", type=int, default=0, help="demo corpus seed")

@@ -68,8 +68,8 @@ def save_tokens(tokens: torch.Tensor, paths: list[Path], out: str | Path) -> Non
         torch.save({"tokens": tokens.contiguous(), "images": [str(p) for p in paths]}, out)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.encode", description=__doc__,
+def build_parser(prog: str = "python -m training.encode") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="face images (or folders of them) of one person")
     p.add_argument("--checkpoint", required=True, help="checkpoint-*.pt from training.train")
@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m training.encode") -> int:
+    args = build_parser(prog).parse_args(argv)
     encoder, config = load_encoder(args.checkpoint, args.device, prefer_ema=not args.no_ema)
     paths = image_paths(args.images)
     tokens = encode_images(encoder, paths, config.data.image_size)

@@ -216,8 +216,8 @@ def curve_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__,
+def build_parser(prog: str = "python -m training.eval") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint-*.pt from training.train")
     p.add_argument("--shards", required=True, help="test shard URLs (brace patterns allowed)")
@@ -238,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m training.eval") -> int:
+    args = build_parser(prog).parse_args(argv)
     device = torch.device(args.device)
     model, config = load_model(args.checkpoint, device, prefer_ema=not args.no_ema,
                                flux_path=args.flux, prompt_embeds=args.prompt_embeds)

@@ -105,9 +105,9 @@ FLAGS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m training.train") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.train", description=__doc__,
+        prog=prog, description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = tiny()
     p.add_argument("--preset", choices=sorted(PRESETS), default=defaults.preset,
@@ -251,8 +251,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     return loop.run(progress)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m training.train") -> int:
+    args = build_parser(prog).parse_args(argv)
     config = config_from_args(args)
     try:
         summary = train(config, progress=not args.no_progress)
