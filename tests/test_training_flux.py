@@ -138,3 +138,34 @@ def test_missing_flux_folder_is_one_clear_error(tmp_path, flux_dir):
     config.flow.prompt_embeds = str(tmp_path / "none.safetensors")
     with pytest.raises(MissingFluxWeightsError, match="training.prompt_embeds"):
         OmniID(config)
+
+
+def _memory_estimate_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "memory_estimate.py"
+    spec = importlib.util.spec_from_file_location("memory_estimate_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_memory_estimate_of_a_joint_flux_step_counts_frozen_weights_without_their_gradients():
+    # bench/memory_estimate.py once crashed here: MemTracker hooked the frozen FLUX parameters.
+    # One batch size only: a step under fake tensors and MemTracker takes ~20 s even this small.
+    from training.config import WeightDtype
+    from training.stand_ins import TINY_FLUX
+
+    estimate = _memory_estimate_module().estimate
+    config = flux_config(Path("unused"), Stage.JOINT)
+    config.backbone.weights, config.flow.flux_dtype = "", WeightDtype.BFLOAT16
+    row = estimate(config, 1, TINY_FLUX)
+    assert row["frozen_M"] > 0 and row["trainable_M"] > 0
+    # trainable weights in float32, the frozen FLUX base in bfloat16: all of them are counted
+    expected = (row["trainable_M"] * 4 + row["frozen_M"] * 2) * 1e6 / 2**30
+    assert row["Parameter"] == pytest.approx(expected, rel=1e-6)
+    # the columns split memory at the moment of the peak, when only some gradients exist (none
+    # if the peak ends the forward pass), and the frozen base never has any
+    assert 0 <= row["Gradient"] <= row["trainable_M"] * 1e6 * 4 / 2**30
+    assert row["Activation"] > 0 and row["Optstate"] > 0
+    assert row["Total"] >= row["Parameter"] + row["Optstate"] + row["Activation"]
