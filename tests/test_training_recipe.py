@@ -90,3 +90,30 @@ def test_mtd_warm_up_then_joint_training_lowers_both_losses_and_evaluates(assets
     printed = [json.loads(line) for line in captured.out.splitlines()]
     check_eval_rows(printed)
     assert "flow_id_similarity" in captured.err and "flow_pose_error" in captured.err
+
+
+def test_a_flux_run_resumes_after_its_flux_folder_moved_when_told_the_new_place(assets, tmp_path,
+                                                                                capsys):
+    import shutil
+
+    from training.flux import MissingFluxWeightsError
+
+    flux = shutil.copytree(assets["flux"], tmp_path / "flux")
+    out = tmp_path / "run"
+
+    def args(steps: int, flux_dir: Path | None) -> list[str]:
+        given = ([] if flux_dir is None else
+                 ["--flux", str(flux_dir), "--prompt-embeds", str(flux_dir / "prompt.safetensors")])
+        return ["--preset", "tiny", "--stage", "joint", "--shards", str(assets["train"]),
+                "--out", str(out), "--image-size", "32", "--batch-size", "2", "--n-tgt", "2",
+                "--shuffle-buffer", "4", "--max-steps", str(steps), "--mtd-warmup-steps", "0",
+                "--ckpt-every", "1", "--log-every", "1", "--no-progress", "--decoder", "flux",
+                "--resume", *given]
+    assert train_main(args(2, flux)) == 0
+    moved = flux.rename(tmp_path / "elsewhere")
+    with pytest.raises(MissingFluxWeightsError):     # the checkpoint's own paths are gone
+        train_main(args(3, None))
+    capsys.readouterr()
+    assert train_main(args(3, moved)) == 0
+    assert f"flow.flux_path = {moved}" in capsys.readouterr().out
+    assert [r["step"] for r in rows(out)] == [1, 2, 3]

@@ -276,6 +276,10 @@ def from_dict(cls: type, values: dict) -> Any:
 # that starts from a checkpoint takes these from the checkpoint's config, never from the CLI.
 ENCODER_SETTINGS = ("backbone", "encoder", "data.image_size")
 MODEL_SETTINGS = ENCODER_SETTINGS + ("data.target_size", "mtd", "flow")
+# Where the frozen files lie, not what they hold: part of "flow" above, but a value other than
+# the preset's (`--flux`, `--prompt-embeds`) wins over the checkpoint's, because the files may
+# have moved since it was saved (a resume on another machine or mount).
+LOCATION_SETTINGS = ("flow.flux_path", "flow.prompt_embeds")
 
 
 def get_setting(config: Any, path: str) -> Any:

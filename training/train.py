@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from training import checkpoint as ckpt
 from training.config import (
     ENCODER_SETTINGS,
+    LOCATION_SETTINGS,
     MODEL_SETTINGS,
     PRESETS,
     FlowDecoderKind,
@@ -173,8 +174,17 @@ def adopt_encoder(model: OmniID, init_path: str) -> None:
 
 
 def adopt_architecture(config: TrainConfig, state: dict, settings: tuple[str, ...]) -> None:
-    """Take the architecture from a checkpoint's config; its weights replace timm's file."""
-    copy_settings(config, ckpt.saved_config(state), settings)
+    """Take the architecture from a checkpoint's config; its weights replace timm's file. The
+    file locations (`LOCATION_SETTINGS`) the caller set to other than the preset's are kept."""
+    defaults = preset(config.preset)
+    moved = {path: get_setting(config, path) for path in LOCATION_SETTINGS
+             if get_setting(config, path) != get_setting(defaults, path)}
+    saved = ckpt.saved_config(state)
+    copy_settings(config, saved, settings)
+    for path, value in moved.items():
+        if get_setting(config, path) != value:
+            print(f"note: {path} = {value} (the checkpoint has {get_setting(saved, path)})")
+            set_setting(config, path, value)
 
 
 def restore(state: dict, model: OmniID, optimizer: torch.optim.Optimizer, ema: EMA | None,
