@@ -32,6 +32,17 @@ def test_wrong_or_missing_model(tmp_path):
 
 # --- the offline recogniser (real dlib weights from face-recognition-models) ----------------
 
+def test_the_dlib_weights_are_found_without_the_pkg_resources_warning_of_their_package():
+    import subprocess
+    import sys
+
+    code = ("import sys; from curation.faces.identity import dlib_model_paths; "
+            "print(all(p.is_file() for p in dlib_model_paths()), 'pkg_resources' in sys.modules)")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["True", "False"], done.stderr
+
+
 @pytest.fixture(scope="module")
 def dlib_analyzer():
     from curation.faces.analysis import AnalysisConfig, FaceAnalyzer

@@ -22,6 +22,7 @@ A missing weight file raises `MissingWeightsError` naming the file and the alter
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -119,15 +120,17 @@ class ArcFaceEmbedder:
 
 def dlib_model_paths() -> tuple[Path, Path]:
     """(recogniser, 5-point shape predictor) from the face-recognition-models package."""
-    try:
-        import face_recognition_models as frm
-    except ImportError as err:
+    # The files are found without importing the package: its __init__ imports pkg_resources,
+    # which warns on every import and is gone from setuptools 81 on.
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
         raise MissingWeightsError(
             "dlib's face recogniser weights are not installed: pip install "
             "face-recognition-models dlib-bin (both are dependencies of this project), or use "
-            "--identity-model arcface with buffalo_l's w600k_r50.onnx") from err
-    paths = (Path(frm.face_recognition_model_location()),
-             Path(frm.pose_predictor_five_point_model_location()))
+            "--identity-model arcface with buffalo_l's w600k_r50.onnx")
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    paths = (models / "dlib_face_recognition_resnet_model_v1.dat",
+             models / "shape_predictor_5_face_landmarks.dat")
     for path in paths:
         if not path.is_file():
             raise MissingWeightsError(
