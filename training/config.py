@@ -185,6 +185,9 @@ class TrainConfig:
     eval_arcface: str = ""             # ArcFace ONNX for ID similarity ("" = not measured)
     eval_pose: bool = True             # FaceMesh head-pose error, when mediapipe is installed
     max_nonfinite: int = 5             # consecutive non-finite steps before stopping
+    # How long a process waits for the others (checkpoints, rank 0's evaluation: FLUX sampling
+    # at the paper's size takes minutes) before it fails; NCCL's own default is 10 minutes.
+    dist_timeout_s: int = 3600
     device: str = "auto"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

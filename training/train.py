@@ -18,6 +18,7 @@ This module is the CLI and the set-up (device, processes, seeds, model, optimise
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import random
@@ -102,6 +103,8 @@ FLAGS = (
     Flag("--log-every", "log_every", "write a metrics row every N steps"),
     Flag("--max-nonfinite", "max_nonfinite", "stop after this many non-finite steps in a row"),
     Flag("--seed", "seed", "random seed"),
+    Flag("--dist-timeout", "dist_timeout_s",
+         "seconds a process waits for the others (checkpoint, evaluation) before it fails"),
     Flag("--device", "device", "auto | cpu | cuda | cuda:N", str),
 )
 
@@ -154,10 +157,11 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def setup_distributed(device: torch.device) -> tuple[int, int]:
+def setup_distributed(device: torch.device, timeout_s: int) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=datetime.timedelta(seconds=timeout_s))
     if world > 1:
         return torch.distributed.get_rank(), world
     return 0, 1
@@ -217,7 +221,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     device = resolve_device(config.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    rank, world = setup_distributed(device)
+    rank, world = setup_distributed(device, config.dist_timeout_s)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     random.seed(config.seed + rank)
