@@ -468,11 +468,12 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
                                        config.limit, config.sample_fps))
               for n in config.workers}
     reference = builds[min(builds)]
+    sampling = reference.analysis
     plan = build_plan(reference.resolved_sources(), reference.plan)
     identities = plan.identities
     print(f"[bench] {len(identities)} identities, {sum(len(i.clips) for i in identities)} clips "
           f"from {corpus} ({clip_s:.2f} s clips); quality model {quality[0]}; sampled "
-          f"{reference.analysis.sample_fps:g} frames/s (max {reference.analysis.max_frames_per_clip}/clip); CPUs "
+          f"{sampling.sample_fps:g} frames/s (max {sampling.max_frames_per_clip}/clip); CPUs "
           f"here {os.cpu_count()}; load {os.getloadavg()[0]:.1f}", flush=True)
     print("[bench] build: python curation/build_mfhq.py "
           + " ".join(build_args(corpus, workdir / "build-Nw", 1, quality, config.limit,
@@ -534,7 +535,7 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
     }
     if config.clip_seconds is not None or config.sample_fps != DEMO_SAMPLE_FPS:
         # the configuration goes on the figures line only when it is not the demo's
-        figures.update(clip_s=clip_s, sample_fps=reference.analysis.sample_fps)
+        figures.update(clip_s=clip_s, sample_fps=sampling.sample_fps)
     if 1 in excl and 2 in excl:
         figures["scaling_2_vs_1"] = excl[1].seconds / excl[2].seconds
         figures["scaling_2_vs_1_incl_startup"] = ours[1][0].seconds / ours[2][0].seconds
@@ -549,7 +550,7 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
 
     print()
     print(f"Curation throughput, {len(identities)} identities ({clip_s:.2f} s clips), quality "
-          f"model {quality[0]}, {reference.analysis.sample_fps:g} sampled frames/s, {os.cpu_count()} "
+          f"model {quality[0]}, {sampling.sample_fps:g} sampled frames/s, {os.cpu_count()} "
           f"CPUs, load {os.getloadavg()[0]:.1f}")
     print(stage_table(stages))
     for n, (_, timings, _) in sorted(ours.items()):

@@ -298,6 +298,19 @@ def set_setting(config: Any, path: str, value: Any) -> None:
     setattr(config, last, value)
 
 
+def relocate(config: Any, locations: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Point `config` at where the frozen files lie now: each non-empty value of `locations`
+    (a `LOCATION_SETTINGS` path -> a path on disk) replaces the one in `config`. Returns the
+    (setting, old, new) triples that changed."""
+    changed = []
+    for path, value in locations.items():
+        old = get_setting(config, path)
+        if value and value != old:
+            set_setting(config, path, value)
+            changed.append((path, old, value))
+    return changed
+
+
 def copy_settings(target: Any, source: Any, paths: tuple[str, ...]) -> None:
     """Copy the settings at `paths` (dotted) from one config to another (deep copies)."""
     for path in paths:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from training import checkpoint as ckpt
 from training.blocks import patchify, unpatchify
-from training.config import TrainConfig
+from training.config import TrainConfig, relocate
 from training.data import EvalStream
 from training.model import OmniID, to_signed, to_unit
 from training.mtd import random_patch_mask
@@ -42,10 +42,9 @@ def load_model(path: str, device: torch.device | str, prefer_ema: bool = True,
                flux_path: str = "", prompt_embeds: str = "") -> tuple[OmniID, TrainConfig]:
     state = ckpt.load(path)
     config = ckpt.saved_config(state)
-    if flux_path:  # the frozen FLUX weights moved since training
-        config.flow.flux_path = flux_path
-    if prompt_embeds:  # so did the prompt file (the checkpoint's own copy replaces its tensors)
-        config.flow.prompt_embeds = prompt_embeds
+    # The frozen FLUX weights and the prompt file may have moved since training (the
+    # checkpoint's own copy of the prompt tensors replaces the file's on load).
+    relocate(config, {"flow.flux_path": flux_path, "flow.prompt_embeds": prompt_embeds})
     model = OmniID(config)
     model.load_checkpoint_state(state["model"])
     if prefer_ema and state.get("ema"):

@@ -43,6 +43,7 @@ from training.config import (
     copy_settings,
     get_setting,
     preset,
+    relocate,
     set_setting,
     tiny,
     to_dict,
@@ -183,12 +184,9 @@ def adopt_architecture(config: TrainConfig, state: dict, settings: tuple[str, ..
     defaults = preset(config.preset)
     moved = {path: get_setting(config, path) for path in LOCATION_SETTINGS
              if get_setting(config, path) != get_setting(defaults, path)}
-    saved = ckpt.saved_config(state)
-    copy_settings(config, saved, settings)
-    for path, value in moved.items():
-        if get_setting(config, path) != value:
-            print(f"note: {path} = {value} (the checkpoint has {get_setting(saved, path)})")
-            set_setting(config, path, value)
+    copy_settings(config, ckpt.saved_config(state), settings)
+    for path, old, new in relocate(config, moved):
+        print(f"note: {path} = {new} (the checkpoint has {old})")
 
 
 def restore(state: dict, model: OmniID, optimizer: torch.optim.Optimizer, ema: EMA | None,
