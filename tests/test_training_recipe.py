@@ -117,3 +117,9 @@ def test_a_flux_run_resumes_after_its_flux_folder_moved_when_told_the_new_place(
     assert train_main(args(3, moved)) == 0
     assert f"flow.flux_path = {moved}" in capsys.readouterr().out
     assert [r["step"] for r in rows(out)] == [1, 2, 3]
+    # the resumed run saved the new place; after one more move, eval is told it as train was
+    again = moved.rename(tmp_path / "again")
+    assert eval_main(["--checkpoint", str(out / "checkpoint-00000003.pt"), "--shards",
+                      str(assets["test"]), "--max-samples", "2", "--no-pose", "--sample-steps",
+                      "2", "--flux", str(again), "--prompt-embeds",
+                      str(again / "prompt.safetensors")]) == 0
