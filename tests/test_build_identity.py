@@ -212,6 +212,9 @@ def test_the_same_person_under_two_ids_ends_in_one_split(demo_build, judged):
     assert removed.contains(gone)
     record = takedowns.pq.read_table(demo_build.manifests_dir / takedowns.TAKEDOWNS_FILE)
     assert Reason.DUPLICATE_ACROSS_SPLITS in set(record.column("reason").to_pylist())
+    # the summary says so: it counts one identity fewer than the plan and the progress bar
+    notes = "\n".join(demo_build.summary.notes)
+    assert "removed as duplicates across splits: 1 identities" in notes
     # and, judged by the recogniser, no person's samples are in both splits
     names = sorted(references)
     matrix = np.stack([references[n] for n in names])

@@ -80,8 +80,10 @@ def run_build(config: BuildConfig) -> BuildSummary:
             ray.shutdown()
     timings["build"] = time.monotonic() - t
 
+    duplicates = None
     if not interrupted:   # identity check across identities (issue 13): after every shard
-        timings["duplicates"] = resolve_duplicates(folder, config).seconds
+        duplicates = resolve_duplicates(folder, config)
+        timings["duplicates"] = duplicates.seconds
     t = time.monotonic()
     shard_rows = bf.write_shards_table(folder, [s.name for s in plan.shards])
     counts = bf.count_outcomes(folder.manifests_dir)
@@ -96,6 +98,11 @@ def run_build(config: BuildConfig) -> BuildSummary:
         notes=list(pipeline.notes), placement=pipeline.placement)
     if increment is not None and not increment.empty:
         summary.notes.append("incremental: " + increment.lines()[0])
+    if duplicates is not None and duplicates.removed:
+        # without this line the summary counts fewer identities than the progress bar did
+        summary.notes.append(
+            f"removed as duplicates across splits: {len(duplicates.removed)} identities (the "
+            f"same person as one kept in the other split; recorded in {takedowns.TAKEDOWNS_FILE})")
     summary.notes += [f"rewrote {r.shard} without {len(r.identities)} identities"
                       for r in check.rewrites if r.identities]
     write_run_record(config, folder, plan, models, summary, shard_rows, increment)
