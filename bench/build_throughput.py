@@ -13,7 +13,7 @@ crops, 6 sampled frames/s; PIQE, or TOPIQ-face where its weights are present):
   floor   decode only the frames the pipeline samples, detect faces on them and run FaceMesh on
           the largest big-enough face: the per-frame work no design can avoid. One process, one
           thread, models loaded before the clock starts.
-  ours    the real build (`curation.build.runner.run_build`), end to end, with 1 and with 2 workers
+  ours    the real build (`curation.executor.runner.run_build`), end to end, with 1 and with 2 workers
           (fresh output folders). Start-up (the driver's model check, ray.init, and the actors
           loading their models, from the build's own timings) is reported separately; the
           "excl. start-up" rows subtract it.
@@ -48,8 +48,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")   # the floor and naive run like o
 import numpy as np  # noqa: E402
 
 from curation import build_folder  # noqa: E402
-from curation.build.config import BuildConfig, parse_args  # noqa: E402
-from curation.build.plan import IdentityPlan, build_plan  # noqa: E402
+from curation.pipeline.config import BuildConfig, parse_args  # noqa: E402
+from curation.pipeline.plan import IdentityPlan, build_plan  # noqa: E402
 from curation.democorpus.plan import CLIP_FRAMES, FPS  # noqa: E402
 from curation.faces.analysis import AnalysisConfig  # noqa: E402
 from curation.sources import SOURCE_KINDS  # noqa: E402
@@ -309,7 +309,7 @@ def startup_seconds(timings: dict[str, float]) -> float:
 
 def run_ours(build: BuildConfig) -> tuple[StageResult, dict[str, float], float]:
     """The whole build in a fresh output folder; (result, build timings, start-up s)."""
-    from curation.build.runner import format_summary, run_build
+    from curation.executor.runner import format_summary, run_build
 
     output = Path(build.output)
     if output.exists():
@@ -350,7 +350,7 @@ def _opt(value) -> float | None:
 def run_naive(identities: list[IdentityPlan], build: BuildConfig
               ) -> tuple[StageResult, dict[str, SelectedSet]]:
     """Every frame decoded and analysed, every candidate scored, then the same selection rule."""
-    from curation.build.selection import choose, cluster_poses, pose_spread
+    from curation.pipeline.selection import choose, cluster_poses, pose_spread
     from curation.faces.analysis import FaceAnalyzer
     from curation.faces.quality import QualityScorer
 

@@ -1,4 +1,4 @@
-"""Cost of the identity checks (curation.build.identity_check), printed, never asserted.
+"""Cost of the identity checks (curation.pipeline.identity_check), printed, never asserted.
 
     python bench/identity.py [--identities 134000] [--faces 24] [--corpus DEMO_CORPUS]
 
@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.build.identity_check import FaceInput, decide_identity, duplicate_pairs, group_pairs  # noqa: E402
+from curation.pipeline.identity_check import FaceInput, decide_identity, duplicate_pairs, group_pairs  # noqa: E402
 from curation.faces.identity import IdentityConfig, normalise_rows  # noqa: E402
 
 

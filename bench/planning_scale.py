@@ -185,8 +185,8 @@ class PeakRSS:
 
 def measure(root: Path) -> list[dict]:
     """Time and peak RSS of each planning stage on the tree under root (this process)."""
-    from curation.build.config import BuildConfig
-    from curation.build.plan import plan_from_records, plan_json_bytes
+    from curation.pipeline.config import BuildConfig
+    from curation.pipeline.plan import plan_from_records, plan_json_bytes
     from curation.sources import _ADAPTERS, group_identities
     from curation.sources.common import build_index
 

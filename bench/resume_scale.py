@@ -40,8 +40,8 @@ def write_finished_build(output: Path, n_shards: int, per_shard: int = 4,
                          shard_bytes: int = 1 << 20, seed: int = 0):
     """A finished build folder of `n_shards` synthetic shards; returns (BuildFolder, Plan)."""
     from curation import build_folder as bf
-    from curation.build.plan import plan_from_records
-    from curation.build.tar_writer import (
+    from curation.pipeline.plan import plan_from_records
+    from curation.pipeline.tar_writer import (
         Sample,
         commit_shard,
         encode_jpeg,
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    from curation.build.output import resume_check
+    from curation.pipeline.output import resume_check
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         t = time.perf_counter()

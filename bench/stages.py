@@ -34,7 +34,7 @@ MEAN_CLIP_S = 8.0              # CelebV-HQ / TalkingHead clips: a few to tens of
 
 
 def measure_analysis(corpus: Path, clips: int) -> dict[str, float]:
-    from curation.build.config import parse_args
+    from curation.pipeline.config import parse_args
     from curation.faces.analysis import FaceAnalyzer
     from curation.sources import enumerate_source
     from mfhq.demo import DEMO_BUILD_FLAGS

@@ -1,4 +1,4 @@
-"""Build the MFHQ dataset: the script form of `mfhq build` (the code is `curation.build`).
+"""Build the MFHQ dataset: the script form of `mfhq build` (the code is `curation.pipeline`).
 
     python curation/build_mfhq.py --source celebvhq=DIR --source vfhq=DIR ... [--output DIR]
     ray submit curation/cluster.yaml curation/build_mfhq.py -- --ray-address auto --source ...
@@ -19,7 +19,7 @@ if __package__ in (None, ""):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from curation.build.runner import main as build_main
+    from curation.executor.runner import main as build_main
 
     return build_main(argv, prog="build_mfhq.py")
 

@@ -1,6 +1,6 @@
 """`mfhq`: one command for the whole toolkit.
 
-    mfhq build       build MFHQ from face-video datasets (Ray)      curation.build.runner
+    mfhq build       build MFHQ from face-video datasets (Ray)      curation.executor.runner
     mfhq report      HTML audit report of a build                     curation.audit.report
     mfhq verify      check shards against manifests, byte by byte    curation.audit.verify
     mfhq takedown    remove ids from a finished build                 curation.audit.takedown
@@ -22,7 +22,7 @@ import inspect
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "build": ("curation.build.runner", "build MFHQ from face-video datasets (Ray)"),
+    "build": ("curation.executor.runner", "build MFHQ from face-video datasets (Ray)"),
     "report": ("curation.audit.report", "write the HTML audit report of a build"),
     "verify": ("curation.audit.verify", "check a build's shards against its manifests"),
     "takedown": ("curation.audit.takedown", "remove ids from a finished build"),

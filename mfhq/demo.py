@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.build.config import BuildConfig, parse_args
+from curation.pipeline.config import BuildConfig, parse_args
 from curation.sources import SOURCE_KINDS
 
 # Demo-appropriate build flags (see the module docstring for why each differs from a real run).
@@ -94,7 +94,7 @@ def demo_config(paths: DemoPaths, extra: list[str] | None = None) -> BuildConfig
 
 def run_demo_build(paths: DemoPaths, extra: list[str] | None = None):
     """Run the build on the demo corpus; returns the runner's BuildSummary."""
-    from curation.build.runner import run_build
+    from curation.executor.runner import run_build
 
     return run_build(demo_config(paths, extra))
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m mfhq.demo") -> in
 
 
 def _run(paths: DemoPaths, ns: argparse.Namespace) -> int:
-    from curation.build.runner import format_summary
+    from curation.executor.runner import format_summary
 
     print(f"[demo] building the demo corpus in {paths.corpus} ...", flush=True)
     corpus = build_corpus(paths, seed=ns.seed)

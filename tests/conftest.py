@@ -15,7 +15,7 @@ RAY_TEST_CPUS = 2
 class DemoBuild:
     paths: object          # mfhq.demo.DemoPaths: workdir, corpus, output, shards, manifests
     corpus: dict           # the corpus summary (corpus.json): identities, clips, bad_inputs
-    summary: object        # curation.build.runner.BuildSummary of the first build
+    summary: object        # curation.executor.runner.BuildSummary of the first build
     shard_sha256: dict[str, str]   # shard path (relative to shards/) -> sha256 after the build
 
     @property

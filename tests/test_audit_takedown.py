@@ -131,7 +131,7 @@ def test_the_record_holds_salted_hashes_only(taken_down):
 @pytest.mark.timeout(600)
 def test_a_resume_keeps_them_out_and_a_rebuilt_shard_equals_the_rewritten_one(
         taken_down, demo_build, ray_local):
-    from curation.build.runner import run_build
+    from curation.executor.runner import run_build
     from mfhq.demo import demo_config
 
     output, _, targets, _ = taken_down
@@ -157,7 +157,7 @@ def test_a_resume_keeps_them_out_and_a_rebuilt_shard_equals_the_rewritten_one(
 
 @pytest.mark.timeout(600)
 def test_build_time_takedown_leaves_only_hashes(demo_corpus, ray_local, tmp_path):
-    from curation.build.runner import run_build
+    from curation.executor.runner import run_build
     from curation.sources import enumerate_source
     from mfhq.demo import demo_config
 

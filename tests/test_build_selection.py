@@ -1,4 +1,4 @@
-"""Pose over-clustering, pre-ranking and the choice of 8 faces (curation/build/selection.py)."""
+"""Pose over-clustering, pre-ranking and the choice of 8 faces (curation/pipeline/selection.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curation.build.selection import (
+from curation.pipeline.selection import (
     choose,
     cluster_poses,
     farthest_point_order,

@@ -1,4 +1,4 @@
-"""Deterministic, atomic tar shards (curation/build/tar_writer.py), read back with webdataset."""
+"""Deterministic, atomic tar shards (curation/pipeline/tar_writer.py), read back with webdataset."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from curation.build.tar_writer import (
+from curation.pipeline.tar_writer import (
     Sample,
     commit_shard,
     encode_jpeg,

@@ -31,8 +31,8 @@ def folder_corpus(demo_corpus, tmp_path_factory):
 
 
 def _build(root: Path, output: Path):
-    from curation.build.config import parse_args
-    from curation.build.runner import run_build
+    from curation.pipeline.config import parse_args
+    from curation.executor.runner import run_build
     from mfhq.demo import DEMO_BUILD_FLAGS
 
     return run_build(parse_args(["--source", f"folder={root}", "--output", str(output),
@@ -109,7 +109,7 @@ def test_a_clip_that_kills_its_worker_every_time_is_recorded_and_the_shard_compl
         folder_corpus, undisturbed, tmp_path):
     from curation import build_folder
     from curation.audit.verify import VerifyConfig, verify_build
-    from curation.build.pool import ANALYSIS_MAX_RETRIES
+    from curation.executor.pool import ANALYSIS_MAX_RETRIES
 
     output = tmp_path / "build"
     target = _clip_key(folder_corpus, "bob", "clip_1.mp4")

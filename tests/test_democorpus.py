@@ -398,7 +398,7 @@ def test_cli_help():
 
 
 def test_identity_cases_put_real_people_under_the_wrong_ids(corpus):
-    from curation.build.plan import stable_fraction
+    from curation.pipeline.plan import stable_fraction
     from curation.democorpus.identity_cases import DEMO_TEST_FRACTION
     from mfhq.demo import DEMO_BUILD_FLAGS
 

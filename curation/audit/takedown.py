@@ -6,7 +6,7 @@ FILE is a takedown list (`curation.takedowns`). An identity with any listed id (
 its source videos, one of its clips) is removed whole: its sample leaves the shard, its rows
 leave the clips, faces and identities parts; listed clips also leave
 `clips/part-enumeration.parquet`. Only the shards and parts that held a listed id are rewritten,
-each atomically, by the one shard rewrite the build also uses (`curation.build.shard_rewrite`),
+each atomically, by the one shard rewrite the build also uses (`curation.pipeline.shard_rewrite`),
 and `shards.parquet` and `plan.json` are updated.
 Every removal is appended to the salted record `manifests/takedowns.parquet`, so a later resume
 of the build does not bring removed identities back. Rerunning the command after a crash
@@ -96,8 +96,8 @@ def _read_part(path: Path, table: str) -> pa.Table:
 def _rewrite_shard(config: TakedownConfig, shard: str, listed: set[str], result: TakedownResult
                    ) -> list[tuple[str, str]]:
     """Remove matching identities from one shard and its parts (the one shard rewrite,
-    `curation.build.shard_rewrite`); returns the (kind, id) pairs removed."""
-    from curation.build.shard_rewrite import ShardRewriteError, rewrite_without
+    `curation.pipeline.shard_rewrite`); returns the (kind, id) pairs removed."""
+    from curation.pipeline.shard_rewrite import ShardRewriteError, rewrite_without
 
     hits: dict[str, set[str]] = {}
 

@@ -14,7 +14,7 @@ Checks, each problem printed as one line (`<file>: <what is wrong>`):
   shard are exactly its samples;
 - no source video id is in both splits;
 - no id whose removal is recorded in `takedowns.parquet` occurs in the manifests or samples;
-- identity checks (`curation.build.identity_check`): every kept identity's recorded
+- identity checks (`curation.pipeline.identity_check`): every kept identity's recorded
   `identity_consistency` equals the one recomputed from its faces' recorded embeddings (and each
   face's `identity_distance` agrees), no face of another person (`identity_mismatch`) was
   selected, and no `duplicate_group` has kept identities in both splits.
@@ -370,7 +370,7 @@ def _check_identities(config: VerifyConfig, frames: dict, problems: Problems) ->
     """Recompute each kept identity's consistency from the faces manifest's embeddings."""
     import numpy as np
 
-    from curation.build.identity_check import PERSON_FACE_REASONS
+    from curation.pipeline.identity_check import PERSON_FACE_REASONS
     from curation.faces.identity import normalise_rows
     from curation.records import Reason
 

@@ -3,7 +3,7 @@
 An identity is a source id, not a person: a YouTube id can hold an interviewer and a guest, a
 TalkingHead-1KH video has tubes of several people, and one celebrity appears under several ids
 (in VFHQ and on YouTube), so the split - drawn per source video - can put one person in both
-train and test. The build's identity checks (`curation.build.identity_check`) must undo each;
+train and test. The build's identity checks (`curation.pipeline.identity_check`) must undo each;
 a build without them gets every case wrong. Each case is listed in corpus.json["identity_cases"]
 with the ids, the people and what the build must do:
 
@@ -87,7 +87,7 @@ def _mixed_talkinghead(plan: CorpusPlan, owner: Identity, guest: Identity) -> No
 
 
 def _same_person_two_ids(plan: CorpusPlan, twin: Identity, index: int) -> None:
-    from curation.build.plan import stable_fraction
+    from curation.pipeline.plan import stable_fraction
 
     ytid = plan.youtube_id("th:" + twin.name)
     twin_side = stable_fraction(ytid)
@@ -119,7 +119,7 @@ def _same_person_two_ids(plan: CorpusPlan, twin: Identity, index: int) -> None:
 def same_split_person(plan: CorpusPlan, candidates: list[Identity], video_id: str) -> Identity:
     """The first candidate whose identity's source videos lie on the same side of the demo's
     test fraction as `video_id` (a new id of that person then shares its split)."""
-    from curation.build.plan import stable_fraction
+    from curation.pipeline.plan import stable_fraction
 
     side = stable_fraction(video_id) < DEMO_TEST_FRACTION
     for identity in candidates:

@@ -11,7 +11,7 @@ Embeddings: with an identity model, up to `IdentityConfig.embeddings_per_track` 
 the clip's person (0: all), spread evenly over the clip, carry an L2-normalised `embedding`; the
 rest of the track is the same person by construction (its boxes are linked frame to frame).
 Whether the clip's person is the identity's person is decided per identity, across clips
-(`curation.build.identity_check.decide_identity`), not here. So is, with an identity model, the
+(`curation.pipeline.identity_check.decide_identity`), not here. So is, with an identity model, the
 person of a hint-less clip with two people of similar size: both tracks stay candidates marked
 `contested` (track 0 and 1) instead of the whole clip becoming `ambiguous_target`; a consumer of
 usable faces must run the identity check before selection.
@@ -116,7 +116,7 @@ class FaceCandidate:
     track: int = 0                             # the clip's person track (0: the clip's own)
     # Two people of similar size and no hint: both tracks (0, 1) are kept as contested
     # candidates and the identity check picks the one that matches the identity's other clips
-    # (`curation.build.identity_check`); only with an identity model, else ambiguous_target.
+    # (`curation.pipeline.identity_check`); only with an identity model, else ambiguous_target.
     contested: bool = False
     embedding_model: str | None = None         # the IdentityModel of `embedding`
     identity_distance: float | None = None     # set by the identity check: to the kept person

@@ -205,7 +205,7 @@ def identity_model_file(model: str, insightface_root: str | Path | None = None,
 
 @dataclass
 class IdentityConfig:
-    """The identity checks (`curation.build.identity_check`) and the embeddings they use."""
+    """The identity checks (`curation.pipeline.identity_check`) and the embeddings they use."""
 
     model: str = IdentityModel.ARCFACE    # IdentityModel
     weights: str | None = None            # ArcFace ONNX (default: under --insightface-root)

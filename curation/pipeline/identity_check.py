@@ -22,7 +22,7 @@ distance are joined into groups, recorded in the identities' `duplicate_group` c
 trainers can de-duplicate. Splits are drawn per source video before any face is seen, so one
 person can sit in both; a group that spans both splits keeps its members of the split that has
 more of them (train on a tie) and the others leave the build with the shared shard rewrite
-(`curation.build.shard_rewrite.rewrite_without`, the one `mfhq takedown` uses), each recorded in
+(`curation.pipeline.shard_rewrite.rewrite_without`, the one `mfhq takedown` uses), each recorded in
 `manifests/takedowns.parquet` with reason `duplicate_across_splits` (salted like every removal,
 so a resume never brings it back and `mfhq verify` checks it is gone).
 """
@@ -228,7 +228,7 @@ CLIP_MESSAGES = {
 def dropped_selection(decision: IdentityDecision):
     """A finished, failed `Selection` for an identity the check dropped (the assembly then
     records it like any other dropped identity: its faces and row carry the reason)."""
-    from curation.build.selection import Choice, Selection
+    from curation.pipeline.selection import Choice, Selection
 
     return Selection(Choice([], decision.drop_reason.value, decision.message), None, [], {})
 
@@ -336,7 +336,7 @@ def resolve_duplicates(folder: bf.BuildFolder, config) -> DuplicateResult:
     again, keeps their ids, and has nothing left to remove."""
     from curation import takedowns
     from curation.audit.takedown import TakedownConfig, _update_plan_and_shard_table
-    from curation.build.shard_rewrite import rewrite_without
+    from curation.pipeline.shard_rewrite import rewrite_without
 
     started = time.monotonic()
     identity: IdentityConfig = config.identity

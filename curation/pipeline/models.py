@@ -10,7 +10,7 @@ import importlib.metadata
 import platform
 from typing import Any
 
-from curation.build.config import BuildConfig
+from curation.pipeline.config import BuildConfig
 from curation.build_folder import file_sha256
 from curation.faces.detection import DetectorKind
 

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from curation import build_folder as bf
-from curation.build.config import BuildConfig
-from curation.build.models import package_versions
-from curation.build.plan import Plan
+from curation.pipeline.config import BuildConfig
+from curation.pipeline.models import package_versions
+from curation.pipeline.plan import Plan
 
 
 @dataclass
@@ -41,7 +41,7 @@ class BuildSummary:
 def write_run_record(config: BuildConfig, folder: bf.BuildFolder, plan: Plan, models: dict,
                      summary: BuildSummary, shard_rows: list[dict], increment=None) -> None:
     """run.json: arguments, package versions, model files, counts, shards, timings, and what an
-    incremental rerun changed (`increment`: curation.build.incremental.Increment)."""
+    incremental rerun changed (`increment`: curation.pipeline.incremental.Increment)."""
     record = {
         "config_hash": summary.config_hash,
         "plan_fingerprint": plan.fingerprint(),

@@ -5,7 +5,7 @@ Everything here runs on the driver and is deterministic: the same inputs and set
 same plan (and so the same shards), whatever the machine or the order the file system lists.
 
 A plan has generations: the first build is generation 0; an incremental rerun
-(`curation.build.incremental`) keeps every unchanged identity in its shard and puts new and
+(`curation.pipeline.incremental`) keeps every unchanged identity in its shard and puts new and
 changed identities into new shards of the next generation. `plan.json` records, per shard, its
 generation and each identity's digest (what its clips are), which is what the next rerun
 compares against.
@@ -84,7 +84,7 @@ class Plan:
     # the one of the sources as enumerated, so a resume is still the same build.
     base_fingerprint: str | None = None
     generation: int = 0
-    # One record per incremental rerun that changed the plan (curation.build.incremental).
+    # One record per incremental rerun that changed the plan (curation.pipeline.incremental).
     generations: list[dict] = field(default_factory=list)
 
     @property

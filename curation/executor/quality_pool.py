@@ -26,42 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from curation.build.config import BuildConfig
+from curation.pipeline.scoring import REQUEST_CROPS, LocalScorer, score_in_requests
 
-REQUEST_CROPS = 64                  # crops per request a caller sends to one actor
+if TYPE_CHECKING:
+    from curation.pipeline.config import BuildConfig
+
 REQUEST_TIMEOUT_S = 600.0           # a request that takes longer is scored by the caller
 PLACEMENT_TIMEOUT_S = 60.0          # actors not placed by then: say so, score on the CPUs
 CPUS_PER_CPU_ACTOR = 8
-
-
-def _decode(crops_png: list[bytes]) -> list[np.ndarray]:
-    from curation.build.analyze import decode_png
-
-    return [decode_png(data) for data in crops_png]
-
-
-class LocalScorer:
-    """The quality model in this process (the fallback, and the model of a pool actor)."""
-
-    def __init__(self, config: BuildConfig, device: str = "cpu"):
-        from curation.faces.quality import QualityScorer
-
-        self.device, self.note = device, ""
-        if device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                self.device = "cpu"
-                self.note = ("this node declares a GPU but torch sees none "
-                             f"(torch {torch.__version__}, CUDA {torch.version.cuda}); "
-                             "quality runs on its CPU")
-        self.scorer = QualityScorer.from_config(config.quality, device=self.device)
-
-    def score(self, crops_png: list[bytes]) -> np.ndarray:
-        if not crops_png:
-            return np.zeros(0)
-        return np.asarray(self.scorer.score(_decode(crops_png)), dtype=np.float64).reshape(-1)
 
 
 class QualityActor:
@@ -172,15 +144,6 @@ class QualityPool:
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-
-
-def score_in_requests(score, crops_png: list[bytes]) -> np.ndarray:
-    """All scores of a list of crops, sent as fixed requests of REQUEST_CROPS."""
-    out = []
-    for i, start in enumerate(range(0, len(crops_png), REQUEST_CROPS)):
-        out.append(np.asarray(score(crops_png[start:start + REQUEST_CROPS], i),
-                              dtype=np.float64).reshape(-1))
-    return np.concatenate(out) if out else np.zeros(0)
 
 
 def timed(fn, *args):

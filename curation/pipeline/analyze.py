@@ -37,7 +37,7 @@ from curation import build_folder as bf
 from curation.records import ClipRecord, Reason, Status
 
 if TYPE_CHECKING:
-    from curation.build.config import BuildConfig
+    from curation.pipeline.config import BuildConfig
     from curation.faces.analysis import ClipAnalysis, FaceAnalyzer, FaceCandidate
 
 WORK_DIR = "work"
@@ -186,7 +186,7 @@ def _png(array: np.ndarray, mode: str, level: int) -> bytes:
 
 def write_work(path: Path, analysis: ClipAnalysis, outcome: ClipOutcome) -> None:
     """The clip's analysis as one tar: meta.json, then c<i>.png / m<i>.png per usable face."""
-    from curation.build.tar_writer import encode_png_mask
+    from curation.pipeline.tar_writer import encode_png_mask
 
     candidates, members = [], []
     for i, cand in enumerate(analysis.candidates):

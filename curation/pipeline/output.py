@@ -7,10 +7,10 @@ identities and what each was built from). A rerun with the same settings
   size and the parts hold the planned identities. Only Parquet footers and the identities
   column are read, never the tar: O(shards). `--verify-finished` also hashes every tar; the full
   byte check is `mfhq verify`'s;
-- grows the build when sources changed (`curation.build.incremental`): unchanged identities
+- grows the build when sources changed (`curation.pipeline.incremental`): unchanged identities
   stay in their finished shards, new and changed ones go into new shards; a finished shard that
   still holds identities the plan took out of it is rewritten without them
-  (`curation.build.shard_rewrite`), which also finishes a rewrite a kill interrupted.
+  (`curation.pipeline.shard_rewrite`), which also finishes a rewrite a kill interrupted.
 A different config into the same folder is refused with `BuildRefused` unless `overwrite` is
 set, which deletes what a build wrote and nothing else.
 """
@@ -25,10 +25,10 @@ import pyarrow as pa
 
 from curation import build_folder as bf
 from curation import manifests
-from curation.build.config import BuildConfig
-from curation.build.incremental import Increment, grow, has_digests
-from curation.build.plan import Plan, ShardSpec, plan_json_bytes
-from curation.build.shard_rewrite import Rewrite, rewrite_without
+from curation.pipeline.config import BuildConfig
+from curation.pipeline.incremental import Increment, grow, has_digests
+from curation.pipeline.plan import Plan, ShardSpec, plan_json_bytes
+from curation.pipeline.shard_rewrite import Rewrite, rewrite_without
 from curation.errors import BuildRefused
 from mfhq_contract import SPLITS
 

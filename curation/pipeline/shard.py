@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from curation import build_folder as bf
-from curation.build.analyze import (
+from curation.pipeline.analyze import (
     ClipOutcome,
     clip_key,
     decode_png,
@@ -38,29 +38,29 @@ from curation.build.analyze import (
     read_images,
     work_dir,
 )
-from curation.build.identity_check import (
+from curation.pipeline.identity_check import (
     IdentityDecision,
     check_identity,
     dropped_selection,
     face_columns,
     identity_columns,
 )
-from curation.build.plan import IdentityPlan, ShardSpec
-from curation.build.quality_pool import score_in_requests
-from curation.build.selection import (
+from curation.pipeline.plan import IdentityPlan, ShardSpec
+from curation.pipeline.scoring import score_in_requests
+from curation.pipeline.selection import (
     PendingSelection,
     Selection,
     finish_selection,
     plan_selection,
     pose_spread,
 )
-from curation.build.tar_writer import Sample, commit_shard, encode_jpeg, encode_json, stage_shard
+from curation.pipeline.tar_writer import Sample, commit_shard, encode_jpeg, encode_json, stage_shard
 from curation.faces.quality import QualityModel
 from curation.records import ClipRecord, Reason, Status
 from mfhq_contract import FORMAT_VERSION, JSON_EXT, image_ext, mask_ext
 
 if TYPE_CHECKING:
-    from curation.build.config import BuildConfig
+    from curation.pipeline.config import BuildConfig
     from curation.faces.analysis import FaceCandidate
 
 # score(crops_png, request_index) -> scores: the quality pool's, or a local scorer's.

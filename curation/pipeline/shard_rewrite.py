@@ -82,7 +82,7 @@ def rewrite_without(folder: bf.BuildFolder, shard: str, select: Callable[[Rows],
     the tar under the final name. Returns None when there was nothing to do (nothing selected and
     the tar matches its parts), and, with `require_all_samples`, when the tar does not hold every
     kept sample or does not read: then nothing is written and the caller rebuilds the shard."""
-    from curation.build.tar_writer import Sample, commit_shard, stage_shard
+    from curation.pipeline.tar_writer import Sample, commit_shard, stage_shard
 
     rows = read_rows(folder, shard)
     chosen = select(rows) & {r["identity_id"] for r in rows["identities"]}

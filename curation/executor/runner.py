@@ -17,15 +17,15 @@ import time
 
 from curation import build_folder as bf
 from curation import manifests, takedowns
-from curation.build.config import BuildConfig
-from curation.build.finalize import BuildSummary, format_summary, write_run_record
-from curation.build.identity_check import resolve_duplicates
-from curation.build.incremental import retry_candidates
-from curation.build.models import check_models
-from curation.build.output import OutputPlan, decide_output, prepare_output, resume_check
-from curation.build.plan import build_plan
-from curation.build.pool import PipelineRun, init_ray, run_shards
-from curation.build.shard import enumeration_rows
+from curation.pipeline.config import BuildConfig
+from curation.pipeline.finalize import BuildSummary, format_summary, write_run_record
+from curation.pipeline.identity_check import resolve_duplicates
+from curation.pipeline.incremental import retry_candidates
+from curation.pipeline.models import check_models
+from curation.pipeline.output import OutputPlan, decide_output, prepare_output, resume_check
+from curation.pipeline.plan import build_plan
+from curation.executor.pool import PipelineRun, init_ray, run_shards
+from curation.pipeline.shard import enumeration_rows
 from curation.records import Reason
 from curation.sources import check_root
 
@@ -169,7 +169,7 @@ EXIT_OK, EXIT_SHARDS_FAILED, EXIT_USAGE = 0, 1, 2
 def main(argv: list[str] | None = None, prog: str = "mfhq build") -> int:
     """`mfhq build` (also `curation/build_mfhq.py`): exit 0 when every shard was written, 1 when
     some failed or the run was interrupted, 2 for set-up problems (message, no traceback)."""
-    from curation.build.config import parse_args
+    from curation.pipeline.config import parse_args
     from curation.errors import SetupError
     from curation.quiet import quiet_terminal, terminal
 

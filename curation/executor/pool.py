@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from curation import build_folder as bf
-from curation.build.analyze import ClipOutcome, clip_key, read_inflight
-from curation.build.config import BuildConfig
-from curation.build.plan import ShardSpec
-from curation.build.shard import ShardResult
+from curation.pipeline.analyze import ClipOutcome, clip_key, read_inflight
+from curation.pipeline.config import BuildConfig
+from curation.pipeline.plan import ShardSpec
+from curation.pipeline.shard import ShardResult
 from curation.errors import SchedulingError
 from curation.records import Reason
 
@@ -101,7 +101,7 @@ def _node() -> str:
 
 def _analysis_task(config: BuildConfig, folder: bf.BuildFolder, shard: str, clip) -> ClipOutcome:
     """Stage 1 in a Ray worker (models cached per worker process)."""
-    from curation.build.analyze import analyze_clip
+    from curation.pipeline.analyze import analyze_clip
 
     _quiet_worker(config, folder)
     outcome = analyze_clip(config, folder, shard, clip)
@@ -112,7 +112,7 @@ def _analysis_task(config: BuildConfig, folder: bf.BuildFolder, shard: str, clip
 def _assembly_task(config: BuildConfig, folder: bf.BuildFolder, spec: ShardSpec,
                    outcomes: dict[str, ClipOutcome], pool) -> tuple[ShardResult, str]:
     """Stage 3 in a Ray worker; scores through the quality pool (stage 2)."""
-    from curation.build.shard import assemble_shard
+    from curation.pipeline.shard import assemble_shard
 
     _quiet_worker(config, folder)
     return assemble_shard(config, folder, spec, outcomes, pool.score), _node()
@@ -180,7 +180,7 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     import ray
     from ray.exceptions import GetTimeoutError, RayError, TaskCancelledError
 
-    from curation.build.quality_pool import QualityPool
+    from curation.executor.quality_pool import QualityPool
 
     run = PipelineRun()
     if not specs:

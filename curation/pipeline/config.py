@@ -3,10 +3,10 @@
 Each stage owns its settings and their one default, and receives its own section whole:
 
     BuildConfig             sources, output folder, takedown list, overwrite, progress, verbose
-      .plan     PlanConfig       (curation.build.plan)      shards, test split, --limit
+      .plan     PlanConfig       (curation.pipeline.plan)      shards, test split, --limit
       .analysis AnalysisConfig   (curation.faces.analysis)  sampling, detector, face size, crop
       .quality  QualityConfig    (curation.faces.quality)   model, weights, batch size
-      .selection SelectionConfig (curation.build.selection) N faces, pose clusters, scoring
+      .selection SelectionConfig (curation.pipeline.selection) N faces, pose clusters, scoring
       .ray      RayConfig        (here)                     cluster address, CPUs, GPUs, actors
 
 Every flag of `mfhq build` is a field: its argparse `dest` is "section.field", so the parser
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.build.plan import PlanConfig
-from curation.build.selection import SelectionConfig
+from curation.pipeline.plan import PlanConfig
+from curation.pipeline.selection import SelectionConfig
 from curation.build_folder import BuildFolders, file_sha256_or_none
 from curation.faces.analysis import AnalysisConfig
 from curation.faces.detection import DetectorKind
@@ -72,7 +72,7 @@ class BuildConfig(BuildFolders):
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    identity: IdentityConfig = field(default_factory=IdentityConfig)   # curation.build.identity_check
+    identity: IdentityConfig = field(default_factory=IdentityConfig)   # curation.pipeline.identity_check
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
@@ -235,7 +235,7 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
                      help="per-clip time limit for decoding and analysis (video_timeout)")
 
     ident = parser.add_argument_group(
-        "identity checks (one person per identity; curation.build.identity_check)")
+        "identity checks (one person per identity; curation.pipeline.identity_check)")
     i = d.identity
     ident.add_argument("--identity-model", dest="identity.model",
                        choices=[m.value for m in IdentityModel], default=i.model.value,
