@@ -48,10 +48,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")   # the floor and naive run like o
 import numpy as np  # noqa: E402
 
 from curation import build_folder  # noqa: E402
-from curation.pipeline.config import BuildConfig, parse_args  # noqa: E402
-from curation.pipeline.plan import IdentityPlan, build_plan  # noqa: E402
 from curation.democorpus.plan import CLIP_FRAMES, FPS  # noqa: E402
 from curation.faces.analysis import AnalysisConfig  # noqa: E402
+from curation.pipeline.config import BuildConfig, parse_args  # noqa: E402
+from curation.pipeline.plan import IdentityPlan, build_plan  # noqa: E402
 from curation.sources import SOURCE_KINDS  # noqa: E402
 from mfhq.demo import DEMO_BUILD_FLAGS  # noqa: E402
 
@@ -221,8 +221,9 @@ def run_floor(identities: list[IdentityPlan], analysis: AnalysisConfig,
         resize_max_side,
         sample_indices,
     )
-    from curation.faces.detection import face_size, make_detector
-    from curation.faces.landmarks import FaceMeshLandmarker
+    from mfhq_faces.detection import make_detector
+    from mfhq_faces.geometry import face_size
+    from mfhq_faces.landmarks import FaceMeshLandmarker
 
     detector = make_detector(analysis.face_detector, analysis.insightface_root)
     landmarker = FaceMeshLandmarker()
@@ -350,9 +351,9 @@ def _opt(value) -> float | None:
 def run_naive(identities: list[IdentityPlan], build: BuildConfig
               ) -> tuple[StageResult, dict[str, SelectedSet]]:
     """Every frame decoded and analysed, every candidate scored, then the same selection rule."""
-    from curation.pipeline.selection import choose, cluster_poses, pose_spread
     from curation.faces.analysis import FaceAnalyzer
     from curation.faces.quality import QualityScorer
+    from curation.pipeline.selection import choose, cluster_poses, pose_spread
 
     every_frame = dataclasses.replace(analysis_config(build), sample_fps=1e9,
                                       max_frames_per_clip=10 ** 9)

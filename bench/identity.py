@@ -11,7 +11,7 @@
 3. The cross-identity pass: `duplicate_pairs` + `group_pairs` over N synthetic unit vectors
    (128-d as dlib, 512-d as ArcFace) with planted duplicates, and the recall of those.
 4. With --corpus: the dlib distance matrix of the demo corpus's real people (how the dlib
-   thresholds in curation.faces.identity were chosen).
+   thresholds in mfhq_faces.embedders were chosen).
 """
 
 from __future__ import annotations
@@ -27,8 +27,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.pipeline.identity_check import FaceInput, decide_identity, duplicate_pairs, group_pairs  # noqa: E402
-from curation.faces.identity import IdentityConfig, normalise_rows  # noqa: E402
+from curation.faces.identity import IdentityConfig
+from curation.pipeline.identity_check import (  # noqa: E402
+    FaceInput,
+    decide_identity,
+    duplicate_pairs,
+    group_pairs,
+)
+from mfhq_faces.embedders import normalise_rows  # noqa: E402
 
 
 def real_crops(size: int, count: int) -> list[np.ndarray]:
@@ -121,8 +127,8 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=None)
     args = parser.parse_args()
 
-    from curation.faces.identity import ArcFaceEmbedder, DlibEmbedder
     from curation.stand_in_models import write_arcface_stand_in
+    from mfhq_faces.embedders import ArcFaceEmbedder, DlibEmbedder
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     for size in (256, 512):

@@ -34,8 +34,8 @@ MEAN_CLIP_S = 8.0              # CelebV-HQ / TalkingHead clips: a few to tens of
 
 
 def measure_analysis(corpus: Path, clips: int) -> dict[str, float]:
-    from curation.pipeline.config import parse_args
     from curation.faces.analysis import FaceAnalyzer
+    from curation.pipeline.config import parse_args
     from curation.sources import enumerate_source
     from mfhq.demo import DEMO_BUILD_FLAGS
 

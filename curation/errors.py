@@ -7,14 +7,11 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+# One definition for both halves (the trainer and the face toolkit raise them too).
+from mfhq_contract.errors import MissingWeightsError, SetupError
 
-class SetupError(Exception):
-    """Inputs, models or the output folder cannot be used as given; the message says the fix."""
-
-
-class MissingWeightsError(SetupError, FileNotFoundError):
-    """A model file is not where it must be (it names the file, where to put it, and the
-    offline alternative)."""
+__all__ = ["BuildFolderError", "BuildRefused", "MissingWeightsError", "SchedulingError",
+           "SetupError", "SourceError"]
 
 
 class SourceError(SetupError):

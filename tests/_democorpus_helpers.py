@@ -72,14 +72,6 @@ class FaceFinder:
             detector.close()
 
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def metadata_files(root: Path) -> list[Path]:
     """Every file of the corpus that is not a video or a frame: metadata, lists, ground truth."""
     return sorted(p for p in Path(root).rglob("*")

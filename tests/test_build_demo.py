@@ -15,9 +15,9 @@ import webdataset as wds
 from PIL import Image
 
 from curation import build_folder
-from curation.executor.runner import format_summary, run_build
 from curation.build_folder import file_sha256
 from curation.errors import BuildRefused
+from curation.executor.runner import format_summary, run_build
 from curation.records import safe_id
 from mfhq.demo import run_demo_build
 from mfhq_contract import FORMAT_VERSION, image_ext, mask_ext

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from curation import build_folder, takedowns
+from curation.faces.identity import IdentityConfig
 from curation.pipeline.identity_check import (
     FaceInput,
     check_identity,
@@ -18,8 +19,8 @@ from curation.pipeline.identity_check import (
     duplicate_pairs,
     group_pairs,
 )
-from curation.faces.identity import IdentityConfig, normalise_rows
 from curation.records import ClipRecord, Reason, Status
+from mfhq_faces.embedders import normalise_rows
 
 DLIB = IdentityConfig(model="dlib")
 
@@ -143,7 +144,7 @@ def judged(demo_build):
 
     from PIL import Image
 
-    from curation.faces.identity import DlibEmbedder
+    from mfhq_faces.embedders import DlibEmbedder
 
     def decode_image_rgb(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:

@@ -37,8 +37,8 @@ def _args(corpus: Path, output: Path, *extra: str) -> list[str]:
 
 
 def _build(corpus: Path, output: Path, *extra: str):
-    from curation.pipeline.config import parse_args
     from curation.executor.runner import run_build
+    from curation.pipeline.config import parse_args
 
     return run_build(parse_args(_args(corpus, output, *extra)))
 

@@ -18,7 +18,7 @@ from resume_scale import write_finished_build  # noqa: E402
 from curation import build_folder as bf  # noqa: E402
 from curation import manifests  # noqa: E402
 from curation.pipeline.output import ShardState, resume_check, shard_state  # noqa: E402
-from curation.pipeline.shard_rewrite import rewrite_without  # noqa: E402
+from curation.pipeline.removal import rewrite_without  # noqa: E402
 
 
 @pytest.fixture

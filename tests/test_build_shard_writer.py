@@ -10,6 +10,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from curation.build_folder import file_sha256
 from curation.pipeline.tar_writer import (
     Sample,
     commit_shard,
@@ -19,7 +20,6 @@ from curation.pipeline.tar_writer import (
     stage_shard,
     write_shard,
 )
-from curation.build_folder import file_sha256
 from mfhq_contract import image_ext, mask_ext
 
 

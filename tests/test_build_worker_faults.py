@@ -31,8 +31,8 @@ def folder_corpus(demo_corpus, tmp_path_factory):
 
 
 def _build(root: Path, output: Path):
-    from curation.pipeline.config import parse_args
     from curation.executor.runner import run_build
+    from curation.pipeline.config import parse_args
     from mfhq.demo import DEMO_BUILD_FLAGS
 
     return run_build(parse_args(["--source", f"folder={root}", "--output", str(output),

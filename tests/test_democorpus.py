@@ -12,7 +12,6 @@ import pytest
 from _democorpus_helpers import (
     FaceFinder,
     frame_count,
-    iou,
     load_json,
     metadata_files,
     read_frames,
@@ -21,6 +20,7 @@ from _democorpus_helpers import (
 from curation.democorpus import build_demo_corpus, main
 from curation.democorpus.plan import CorpusPlan
 from curation.records import Reason, safe_id
+from mfhq_faces.geometry import iou
 
 FIXTURE_CELEBVTEXT = Path(__file__).resolve().parent / "fixtures" / "celebvtext_info-sample.json"
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -398,8 +398,8 @@ def test_cli_help():
 
 
 def test_identity_cases_put_real_people_under_the_wrong_ids(corpus):
-    from curation.pipeline.plan import stable_fraction
     from curation.democorpus.identity_cases import DEMO_TEST_FRACTION
+    from curation.pipeline.plan import stable_fraction
     from mfhq.demo import DEMO_BUILD_FLAGS
 
     _, summary = corpus

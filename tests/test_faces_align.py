@@ -3,7 +3,7 @@
 import numpy as np
 from _faces_helpers import face_image, rotate
 
-from curation.faces.align import (
+from mfhq_faces.align import (
     ALIGN_TEMPLATE,
     aligned_crop,
     alignment_matrix,
@@ -12,8 +12,8 @@ from curation.faces.align import (
     similarity_transform,
     transform_points,
 )
-from curation.faces.detection import MediapipeFaceDetector
-from curation.faces.landmarks import FaceMeshLandmarker, face_oval_indices
+from mfhq_faces.detection import MediapipeFaceDetector
+from mfhq_faces.landmarks import FaceMeshLandmarker, face_oval_indices
 
 
 def test_similarity_transform_recovers_a_known_transform():

@@ -144,7 +144,7 @@ def test_insightface_detector_with_stand_in_weights_does_not_crash(tmp_path, fac
 
 def test_face_size_is_the_side_of_the_source_region_that_becomes_the_crop(analyzer, face_video):
     from curation.faces.analysis import MAX_REGION_PER_BOX, REGION_PER_BOX
-    from curation.faces.detection import face_size
+    from mfhq_faces.geometry import face_size
 
     result = analyzer.analyze_clip(clip_for(face_video))
     ratios = [c.face_size / face_size(c.bbox) for c in result.usable]

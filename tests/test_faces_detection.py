@@ -4,17 +4,16 @@ import numpy as np
 import pytest
 from _faces_helpers import face_image
 
-from curation.faces.detection import (
+from curation.faces.tracks import ambiguous_target, select_target
+from curation.stand_in_models import write_arcface_stand_in, write_scrfd_stand_in
+from mfhq_faces.detection import (
     Detection,
     MediapipeFaceDetector,
     ScrfdFaceDetector,
-    ambiguous_target,
     clean_detections,
     make_detector,
     scrfd_model_path,
-    select_target,
 )
-from curation.stand_in_models import write_arcface_stand_in, write_scrfd_stand_in
 
 
 def test_mediapipe_finds_several_people_in_the_group_photo():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from _faces_helpers import face_image
 
-from curation.faces.identity import ArcFaceEmbedder
 from curation.stand_in_models import write_arcface_stand_in, write_scrfd_stand_in
+from mfhq_faces.embedders import ArcFaceEmbedder
 
 
 def test_stand_in_is_routed_to_arcface_and_gives_unit_embeddings(tmp_path):
@@ -36,7 +36,7 @@ def test_the_dlib_weights_are_found_without_the_pkg_resources_warning_of_their_p
     import subprocess
     import sys
 
-    code = ("import sys; from curation.faces.identity import dlib_model_paths; "
+    code = ("import sys; from mfhq_faces.embedders import dlib_model_paths; "
             "print(all(p.is_file() for p in dlib_model_paths()), 'pkg_resources' in sys.modules)")
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
                           text=True, timeout=120, check=True)
@@ -84,7 +84,7 @@ def test_analysis_embeds_a_bounded_sample_of_each_track_with_dlib(dlib_analyzer,
 
 def test_dlib_tells_two_real_people_apart_and_recognises_one_across_frames(dlib_analyzer,
                                                                             tmp_path):
-    from curation.faces.identity import SAME_PERSON_DISTANCE, IdentityModel, normalise_rows
+    from mfhq_faces.embedders import SAME_PERSON_DISTANCE, IdentityModel, normalise_rows
 
     people = {}
     for name in ("astronaut", "tom"):
@@ -99,7 +99,7 @@ def test_dlib_tells_two_real_people_apart_and_recognises_one_across_frames(dlib_
 
 def test_missing_arcface_names_the_file_and_the_offline_alternative(tmp_path):
     from curation.errors import MissingWeightsError
-    from curation.faces.identity import make_embedder
+    from mfhq_faces.embedders import make_embedder
 
     with pytest.raises(MissingWeightsError) as error:
         make_embedder("arcface", tmp_path)

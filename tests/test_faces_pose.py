@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from _faces_helpers import face_image, perspective_turn, rotate
 
-from curation.faces.detection import MediapipeFaceDetector, face_size
-from curation.faces.landmarks import FaceMeshLandmarker
-from curation.faces.pose import canonical_model, euler_from_rotation, head_pose
+from mfhq_faces.detection import MediapipeFaceDetector
+from mfhq_faces.geometry import face_size
+from mfhq_faces.landmarks import FaceMeshLandmarker
+from mfhq_faces.pose import canonical_model, euler_from_rotation, head_pose
 
 FACES = ["astronaut", "tom", "t1_face"]
 

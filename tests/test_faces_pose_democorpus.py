@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from curation.faces.landmarks import FaceMeshLandmarker
-from curation.faces.pose import head_pose
+from mfhq_faces.landmarks import FaceMeshLandmarker
+from mfhq_faces.pose import head_pose
 
 # Single-face portraits whose plates are frontal; the group-photo faces are small and their
 # plates less frontal. Tom Hanks' portrait is left out as well: on its warped plate |yaw| follows

@@ -14,7 +14,7 @@ import pytest
 from curation import manifests
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("curation", "training", "mfhq", "mfhq_contract")
+PACKAGES = ("curation", "training", "mfhq", "mfhq_contract", "mfhq_faces")
 
 
 def _modules(package: str) -> dict[str, Path]:
@@ -31,33 +31,62 @@ def _modules(package: str) -> dict[str, Path]:
 ALL_MODULES = {name: path for package in PACKAGES for name, path in _modules(package).items()}
 
 
-def _imports(path: Path, top_level_only: bool) -> set[str]:
-    """Project modules a file imports (every import, or only those run at import time)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
+def _all_imports(path: Path) -> set[str]:
+    """Every module a file imports, deferred ones (inside functions, under TYPE_CHECKING)
+    included: a wall or a cycle that only shows at call time is still a wall or a cycle."""
     names: set[str] = set()
-    for node in nodes:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {n for n in names if n in ALL_MODULES}
+    return names
 
 
-@pytest.mark.parametrize("importer, forbidden", [("curation", "training"),
-                                                 ("training", "curation"),
-                                                 ("mfhq_contract", "curation"),
-                                                 ("mfhq_contract", "training")])
-def test_one_half_never_imports_the_other(importer, forbidden):
-    offenders = [f"{name} imports {target}" for name, path in _modules(importer).items()
-                 for target in _imports(path, top_level_only=False)
-                 if target == forbidden or target.startswith(forbidden + ".")]
+def _imports(path: Path) -> set[str]:
+    """The project modules a file imports (every import, deferred ones included)."""
+    return {n for n in _all_imports(path) if n in ALL_MODULES}
+
+
+def _imports_package(names: set[str], package: str) -> bool:
+    return any(n == package or n.startswith(package + ".") for n in names)
+
+
+@pytest.mark.parametrize("importer, forbidden", [
+    ("curation", "training"), ("training", "curation"),
+    # the ground floor: the shard contract and the face toolkit stand on nothing of ours
+    ("mfhq_contract", "curation"), ("mfhq_contract", "training"), ("mfhq_contract", "mfhq_faces"),
+    ("mfhq_faces", "curation"), ("mfhq_faces", "training"), ("mfhq_faces", "ray"),
+    ("mfhq_faces", "torch"),
+    # the stages are plain Python: Ray and the executor that runs them sit above them
+    ("curation.pipeline", "ray"), ("curation.pipeline", "curation.executor"),
+    ("curation.pipeline", "curation.audit"),
+])
+def test_each_layer_imports_only_what_lies_below_it(importer, forbidden):
+    root = importer.replace(".", "/")
+    files = {name: path for name, path in ALL_MODULES.items()
+             if name == importer or name.startswith(importer + ".")}
+    assert files, f"no modules under {root}"
+    offenders = [f"{name} imports {forbidden}" for name, path in files.items()
+                 if _imports_package(_all_imports(path), forbidden)]
     assert not offenders, offenders
 
 
+def test_the_build_and_the_eval_measure_faces_with_one_toolkit():
+    """No second FaceMesh wrapper, pose solver, alignment or ArcFace loader outside
+    mfhq_faces: every face measurement of both halves goes through it."""
+    own = re.compile(r"FaceMesh\(|solvePnP\(|def similarity_transform|def five_points"
+                     r"|def head_pose|def iou\b|InferenceSession\(")
+    hits = [f"{name}:{n}" for name, path in ALL_MODULES.items()
+            if not name.startswith("mfhq_faces")
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if own.search(line)]
+    assert not hits, hits
+
+
 def test_no_import_cycles_among_project_modules():
-    graph = {name: {t for t in _imports(path, top_level_only=True) if t != name}
+    graph = {name: {t for t in _imports(path) if t != name}
              for name, path in ALL_MODULES.items()}
     state: dict[str, int] = {}
     cycles: list[list[str]] = []

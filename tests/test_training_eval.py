@@ -1,5 +1,5 @@
-"""The paper's evaluation: 5-point ArcFace alignment, FaceMesh head pose, the ArcFace ONNX, and
-generation from the target's pose without its pixels."""
+"""The paper's evaluation: faces measured and embedded by the build's own face toolkit
+(`mfhq_faces`), the ArcFace ONNX, and generation from the target's pose without its pixels."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from training import face_metrics as fm
 from training.blocks import patchify
 from training.config import Stage, tiny
-from training.eval import Evaluator
+from training.eval import Evaluator, FaceScorer
 from training.model import OmniID
 from training.stand_ins import write_arcface_stand_in
 
@@ -26,61 +25,84 @@ def face() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def mesh():
+def face_frame() -> np.ndarray:
+    """The same real face as a video frame shows it: upright in a wider picture, tilted."""
+    from skimage import data
+    frame = Image.fromarray(data.astronaut()).rotate(12, resample=Image.BILINEAR)
+    return np.asarray(frame)
+
+
+@pytest.fixture(scope="module")
+def scorer():
     pytest.importorskip("mediapipe")
-    found = fm.FaceMesh()
-    yield found
-    found.close()
+    from mfhq_faces.embedders import DlibEmbedder
+
+    return FaceScorer(pose=True, embedder=DlibEmbedder())
 
 
-def test_similarity_transform_recovers_a_known_similarity():
-    rng = np.random.default_rng(0)
-    src = rng.uniform(0, 100, (5, 2))
-    angle, scale, shift = np.radians(20), 1.7, np.array([5.0, -3.0])
-    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    matrix = fm.similarity_transform(src, src @ rot.T + shift)
-    np.testing.assert_allclose(matrix[:, :2], rot, atol=1e-9)
-    np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
+def test_the_eval_measures_a_real_face_as_the_build_does(face_frame, scorer):
+    """One real face through the build's path (detector box on the frame -> landmarks, pose,
+    aligned crop, embedding) and the eval's (the crop alone, its template face box): the same
+    person and the same pose, because both are the same `mfhq_faces` functions."""
+    from mfhq_faces.detection import MediapipeFaceDetector
+    from mfhq_faces.measure import measure_face
+
+    detector = MediapipeFaceDetector()
+    box = max(detector.detect(face_frame), key=lambda d: d.score).bbox
+    detector.close()
+    built = measure_face(face_frame, box, scorer.landmarker, 256)       # the build's call
+    crop, crop_points = built.crop(face_frame), built.crop_points5()
+    build_embedding = scorer.embedder.embed([crop], [crop_points])[0]
+    seen = scorer.measure(crop)                                          # the eval's call
+    eval_embedding = scorer.embedder.embed([crop], [seen.points5])[0]
+    assert float(build_embedding @ eval_embedding) > 0.999
+    np.testing.assert_allclose(seen.points5, crop_points, atol=4.0)
+    # On one image the two paths differ only in where the face box comes from (a detector, or
+    # the template): the same pose. (A frame's pose also holds the angle under which the camera
+    # sees an off-centre face, so the crop's pose is compared with the crop's.)
+    detected = MediapipeFaceDetector()
+    crop_box = max(detected.detect(crop), key=lambda d: d.score).bbox
+    detected.close()
+    on_crop = measure_face(crop, crop_box, scorer.landmarker, 256)
+    # (FaceMesh itself moves a few tenths of a pixel with the window it is given: ~3 degrees)
+    assert max(abs(a - b) for a, b in zip(seen.pose, on_crop.pose, strict=True)) < 4.0
+    assert abs(seen.pose[2]) < 4.0      # alignment turned the tilted face upright
+    # the eval's full score of the crop against itself: one person, no pose error
+    scores = scorer.score(crop[None], crop[None], (crop_points / 256)[None])
+    assert scores["sims"][0] == pytest.approx(1.0, abs=1e-6) and scores["errors"] == [0.0]
 
 
-def test_alignment_puts_the_landmarks_on_the_arcface_template(face, mesh):
-    points = fm.five_points(mesh.landmarks(face))
-    aligned = fm.align(face, points)
-    assert aligned.shape == (112, 112, 3)
-    again = fm.five_points(mesh.landmarks(aligned))
-    # the warp moves every landmark where the fitted similarity sends it ...
-    forward = fm.similarity_transform(points, fm.ARCFACE_TEMPLATE)
-    np.testing.assert_allclose(again, points @ forward[:, :2].T + forward[:, 2], atol=2.5)
-    # ... which is the template up to this face's own proportions (a least-squares fit)
-    assert np.linalg.norm(again - fm.ARCFACE_TEMPLATE, axis=1).mean() < 6.0
+def test_the_eval_tells_two_real_people_apart_with_the_builds_embedder(face, scorer):
+    from skimage import data
+
+    other = np.asarray(Image.fromarray(data.astronaut()[10:230, 120:340][:, ::-1]).resize(
+        (128, 128)))
+    person = _demo_person_crop(128)
+    same = scorer.score(face[None], other[None], np.full((1, 5, 2), np.nan))["sims"][0]
+    different = scorer.score(face[None], person[None], np.full((1, 5, 2), np.nan))["sims"][0]
+    assert same > different
 
 
-def test_pose_error_is_zero_for_a_face_and_follows_an_in_plane_rotation(face, mesh):
-    side = face.shape[0]
-    pose = fm.head_pose(mesh.landmarks(face), side, side)
-    assert fm.pose_error(pose, pose) == 0.0
-    turned = np.asarray(Image.fromarray(face).rotate(15, resample=Image.BILINEAR,
-                                                     fillcolor=(128, 128, 128)))
-    turned_pose = fm.head_pose(mesh.landmarks(turned), side, side)
-    assert turned_pose[2] - pose[2] == pytest.approx(15.0, abs=4.0)   # counter-clockwise roll
-    assert 11.0 < fm.pose_error(pose, turned_pose) < 22.0
-    mirrored_pose = fm.head_pose(mesh.landmarks(face[:, ::-1].copy()), side, side)
-    # mirroring negates yaw and roll (up to the estimator's noise) and keeps pitch
-    assert abs(mirrored_pose[0] + pose[0]) < 6.0 and abs(mirrored_pose[2] + pose[2]) < 6.0
-    assert abs(mirrored_pose[1] - pose[1]) < 6.0
-
-
-def test_arcface_onnx_loads_with_onnxruntime_and_embeds_aligned_faces(face, mesh, tmp_path):
-    arcface = fm.ArcFace(write_arcface_stand_in(tmp_path / "w600k_r50.onnx"))
-    aligned = fm.align(face, fm.five_points(mesh.landmarks(face)))
-    other = fm.align(face[:, ::-1].copy(), fm.five_points(mesh.landmarks(face[:, ::-1].copy())))
-    embeddings = arcface.embed(np.stack([aligned, aligned, other]))
-    assert embeddings.shape == (3, 512)
-    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
-    assert embeddings[0] @ embeddings[1] == pytest.approx(1.0, abs=1e-6)
-    assert embeddings[0] @ embeddings[2] < 0.9999
+def test_arcface_onnx_loads_through_insightface_and_embeds_eval_faces(face, tmp_path):
+    arcface = FaceScorer(write_arcface_stand_in(tmp_path / "w600k_r50.onnx"), pose=False)
+    scores = arcface.score(np.stack([face, face]), np.stack([face, face[:, ::-1].copy()]),
+                           np.full((2, 5, 2), np.nan))
+    assert scores["sims"][0] == pytest.approx(1.0, abs=1e-5) and scores["sims"][1] < 0.9999
     with pytest.raises(FileNotFoundError, match="w600k_r50.onnx"):
-        fm.ArcFace(tmp_path / "missing" / "w600k_r50.onnx")
+        FaceScorer(str(tmp_path / "missing" / "w600k_r50.onnx"))
+
+
+def _demo_person_crop(side: int) -> np.ndarray:
+    """Another real person: insightface's Tom Hanks portrait, cut round the face."""
+    from pathlib import Path
+
+    import insightface
+
+    path = Path(insightface.__file__).parent / "data" / "images" / "Tom_Hanks_54745.png"
+    image = np.asarray(Image.open(path).convert("RGB"))
+    h, w = image.shape[:2]
+    s = min(h, w)
+    return np.asarray(Image.fromarray(image[:s, (w - s) // 2:(w + s) // 2]).resize((side, side)))
 
 
 def eval_batch(seed: int = 0) -> dict:

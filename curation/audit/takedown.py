@@ -6,7 +6,7 @@ FILE is a takedown list (`curation.takedowns`). An identity with any listed id (
 its source videos, one of its clips) is removed whole: its sample leaves the shard, its rows
 leave the clips, faces and identities parts; listed clips also leave
 `clips/part-enumeration.parquet`. Only the shards and parts that held a listed id are rewritten,
-each atomically, by the one shard rewrite the build also uses (`curation.pipeline.shard_rewrite`),
+each atomically, by the one shard rewrite the build also uses (`curation.pipeline.removal`),
 and `shards.parquet` and `plan.json` are updated.
 Every removal is appended to the salted record `manifests/takedowns.parquet`, so a later resume
 of the build does not bring removed identities back. Rerunning the command after a crash
@@ -16,7 +16,6 @@ finishes the job.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,11 @@ import pyarrow as pa
 from curation import build_folder as bf
 from curation import manifests
 from curation.errors import SetupError
+from curation.pipeline.removal import (
+    ShardRewriteError,
+    refresh_plan_and_shard_table,
+    rewrite_without,
+)
 from curation.takedowns import (
     DEFAULT_REASON,
     TakedownError,
@@ -96,9 +100,7 @@ def _read_part(path: Path, table: str) -> pa.Table:
 def _rewrite_shard(config: TakedownConfig, shard: str, listed: set[str], result: TakedownResult
                    ) -> list[tuple[str, str]]:
     """Remove matching identities from one shard and its parts (the one shard rewrite,
-    `curation.pipeline.shard_rewrite`); returns the (kind, id) pairs removed."""
-    from curation.pipeline.shard_rewrite import ShardRewriteError, rewrite_without
-
+    `curation.pipeline.removal`); returns the (kind, id) pairs removed."""
     hits: dict[str, set[str]] = {}
 
     def select(rows: dict[str, list[dict]]) -> set[str]:
@@ -144,23 +146,6 @@ def _rewrite_enumeration_part(config: TakedownConfig, listed: set[str],
     return removals
 
 
-def _update_plan_and_shard_table(config: TakedownConfig) -> None:
-    """plan.json without removed identities; shards.parquet from the shards on disk."""
-    folder = bf.BuildFolder.of(config)
-    names: list[str] = []
-    if folder.plan_path.exists():
-        plan = bf.read_json(folder.plan_path)
-        removed = removed_hashes(config.manifests_dir)
-        for shard in plan.get("plan", {}).get("shards", []):
-            shard["identities"] = [i for i in shard["identities"] if not removed.contains(i)]
-            if isinstance(shard.get("digests"), dict):
-                shard["digests"] = {i: shard["digests"][i] for i in shard["identities"]
-                                    if i in shard["digests"]}
-            names.append(shard["name"])
-        bf.atomic_write(folder.plan_path, json.dumps(plan, sort_keys=True, indent=1))
-    bf.write_shards_table(folder, names)
-
-
 def apply_takedown(config: TakedownConfig) -> TakedownResult:
     """Remove every listed id from the build in `config.output`; see the module docstring."""
     listed = read_takedown(config.file)
@@ -183,7 +168,7 @@ def apply_takedown(config: TakedownConfig) -> TakedownResult:
     removals = _rewrite_enumeration_part(config, listed, result)
     append_record(config.manifests_dir, removals, config.reason, "after_build")
     found |= {v for k, v in removals if k == "listed"}
-    _update_plan_and_shard_table(config)
+    refresh_plan_and_shard_table(bf.BuildFolder.of(config))
     recorded = removed_hashes(config.manifests_dir)
     result.ids_not_found = sum(1 for i in listed if i not in found and not recorded.contains(i))
     return result

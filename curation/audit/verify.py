@@ -371,8 +371,8 @@ def _check_identities(config: VerifyConfig, frames: dict, problems: Problems) ->
     import numpy as np
 
     from curation.pipeline.identity_check import PERSON_FACE_REASONS
-    from curation.faces.identity import normalise_rows
     from curation.records import Reason
+    from mfhq_faces.embedders import normalise_rows
 
     idents, faces = frames["identities"], frames["faces"]
     if "embedding" not in faces or "identity_consistency" not in idents:

@@ -14,11 +14,10 @@ from pathlib import Path
 from curation.democorpus import faces_source, layouts
 from curation.democorpus.bad_inputs import HOSTILE_YTB_ID, add_bad_inputs
 from curation.democorpus.identity_cases import add_identity_cases, same_split_person
-from curation.democorpus.plan import CLIP_FRAMES, FPS, CorpusPlan, Identity
+from curation.democorpus.plan import CLIP_FRAMES, FPS, SOURCE_CYCLE, CorpusPlan, Identity
 from curation.democorpus.render import CONVENTIONS, Scene, render_scene
 
 CORPUS_VERSION = 1
-SOURCE_CYCLE = ("celebvhq", "vfhq", "talkinghead1kh", "celebvtext", "folder")
 MIN_IDENTITIES = 6
 MIN_CLIP_SECONDS = 1.0
 LAYOUT = {

@@ -15,14 +15,9 @@ import cv2
 import numpy as np
 
 from curation.faces.decoding import read_image_rgb
-
-# Five FaceMesh points in image order: eye at image-left, eye at image-right, nose tip,
-# mouth corner at image-left, mouth corner at image-right (eyes: mean of the two corners).
-_MESH_EYE_IMAGE_LEFT = (33, 133)
-_MESH_EYE_IMAGE_RIGHT = (362, 263)
-_MESH_NOSE_TIP = 1
-_MESH_MOUTH_IMAGE_LEFT = 61
-_MESH_MOUTH_IMAGE_RIGHT = 291
+from mfhq_faces.align import five_points
+from mfhq_faces.geometry import iou
+from mfhq_faces.landmarks import FaceMeshLandmarker
 
 GROUP_PHOTO_MIN_FACES = 3
 MIN_GROUP_FACE_FRACTION = 0.06
@@ -100,7 +95,7 @@ def find_source_faces(photos: list[Photo]) -> list[SourceFace]:
     detection = mp.solutions.face_detection
     with detection.FaceDetection(model_selection=0, min_detection_confidence=0.5) as near, \
             detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as far, \
-            mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
+            _SourceLandmarker() as mesh:
         for photo in photos:
             if photo.group:
                 # Tiles also give small false hits (poker chips): a person worth a demo identity
@@ -155,40 +150,34 @@ def _detect_tiled(detector, rgb: np.ndarray) -> list[tuple[tuple[int, int, int, 
     candidates.sort(key=lambda item: (-item[1], item[0]))
     kept: list[tuple[tuple[int, int, int, int], float]] = []
     for box, score in candidates:
-        if all(_iou(box, other) < 0.3 for other, _ in kept):
+        if all(iou(box, other) < 0.3 for other, _ in kept):
             kept.append((box, score))
     kept.sort(key=lambda item: ((item[0][0] + item[0][2]) / 2, (item[0][1] + item[0][3]) / 2))
     return kept
 
 
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+class _SourceLandmarker(FaceMeshLandmarker):
+    """The toolkit's FaceMesh on a 384 px crop of twice the face box, edges replicated and
+    cubic resampling (a photo's face may touch its border)."""
+
+    def __init__(self):
+        super().__init__(context=2.0, input_side=384, border=cv2.BORDER_REPLICATE,
+                         interpolation=cv2.INTER_CUBIC)
+
+    def __enter__(self) -> _SourceLandmarker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _landmarks5(mesh, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Five landmarks from FaceMesh run on an upscaled crop around the face box."""
-    x0, y0, x1, y1 = box
-    side = 2.0 * max(x1 - x0, y1 - y0)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    crop_size = 384
-    scale = crop_size / side
-    to_crop = np.array([[scale, 0, crop_size / 2 - scale * cx],
-                        [0, scale, crop_size / 2 - scale * cy]], np.float64)
-    crop = cv2.warpAffine(rgb, to_crop, (crop_size, crop_size), flags=cv2.INTER_CUBIC,
-                          borderMode=cv2.BORDER_REPLICATE)
-    result = mesh.process(crop)
-    if not result.multi_face_landmarks:
+def _landmarks5(mesh: FaceMeshLandmarker, rgb: np.ndarray,
+                box: tuple[int, int, int, int]) -> np.ndarray:
+    """Five landmarks (`mfhq_faces.align.five_points`) of the face in `box`, 0.1 px."""
+    landmarks = mesh.landmarks(rgb, box)
+    if landmarks is None:
         raise SourceFaceError(f"FaceMesh found no landmarks on the face at {box}")
-    pts = np.array([(p.x * crop_size, p.y * crop_size)
-                    for p in result.multi_face_landmarks[0].landmark], np.float64)
-    five = np.stack([pts[list(_MESH_EYE_IMAGE_LEFT)].mean(0), pts[list(_MESH_EYE_IMAGE_RIGHT)].mean(0),
-                     pts[_MESH_NOSE_TIP], pts[_MESH_MOUTH_IMAGE_LEFT], pts[_MESH_MOUTH_IMAGE_RIGHT]])
-    five = (five - [crop_size / 2, crop_size / 2]) / scale + [cx, cy]
-    return np.round(five, 1).astype(np.float32)
+    return np.round(five_points(landmarks), 1).astype(np.float32)
 
 
 def make_plate(photo_rgb: np.ndarray, face: SourceFace, face_px: float) -> Plate:

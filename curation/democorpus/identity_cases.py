@@ -25,7 +25,7 @@ from curation.democorpus.layouts import (
     celebvhq_processed_clip,
     talkinghead_tube,
 )
-from curation.democorpus.plan import CorpusPlan, Identity
+from curation.democorpus.plan import SOURCE_CYCLE, CorpusPlan, Identity
 from curation.records import Reason
 
 # The demo build's --test-fraction (mfhq/demo.py; a test checks they agree): the VFHQ twin's video
@@ -45,8 +45,7 @@ def add_identity_cases(plan: CorpusPlan, identities: list[Identity]) -> None:
 
 
 def _first(identities: list[Identity], source: str, skip_first: bool) -> str:
-    """The name of the first (or second) identity placed in `source` (build.SOURCE_CYCLE)."""
-    from curation.democorpus.build import SOURCE_CYCLE
+    """The name of the first (or second) identity placed in `source` (plan.SOURCE_CYCLE)."""
 
     names = [i.name for i in identities
              if SOURCE_CYCLE[i.index % len(SOURCE_CYCLE)] == source]

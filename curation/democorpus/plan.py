@@ -17,6 +17,9 @@ from curation.democorpus.faces_source import Plate
 from curation.democorpus.render import Actor, Output, Scene, Segment
 from curation.records import safe_id
 
+# The source layout of identity i is SOURCE_CYCLE[i % 5].
+SOURCE_CYCLE = ("celebvhq", "vfhq", "talkinghead1kh", "celebvtext", "folder")
+
 FPS = 25
 CLIP_FRAMES = 88                 # 3.52 s at 25 fps: the default clip length
 FACE_FRACTION = 0.5              # face box width / frame size at scale 1

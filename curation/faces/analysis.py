@@ -1,6 +1,6 @@
 """Per-clip face analysis: sampled decoding -> detection -> the clip's own person -> FaceMesh
 landmarks -> head pose -> aligned crop + face mask -> cheap sharpness pre-rank -> identity
-embeddings (`curation.faces.identity`, when the analyzer is given an `IdentityConfig`).
+embeddings (`mfhq_faces.embedders`, when the analyzer is given an `IdentityConfig`).
 
 `FaceAnalyzer.analyze_clip` never raises for bad input: every problem becomes a `ClipAnalysis`
 with status "failed" (the file cannot be used) or "skipped" (usable file, nothing to take) and a
@@ -28,13 +28,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from curation.faces.align import (
-    aligned_crop,
-    alignment_matrix,
-    face_mask,
-    five_points,
-    transform_points,
-)
 from curation.faces.decoding import (
     DecodeError,
     FrameSource,
@@ -45,20 +38,15 @@ from curation.faces.decoding import (
     resize_max_side,
     sample_indices,
 )
-from curation.faces.detection import (
-    Box,
-    Detection,
-    DetectorKind,
-    ambiguous_target,
-    face_size,
-    make_detector,
-    ranked_tracks,
-    select_target,
-)
-from curation.faces.identity import IdentityConfig, make_embedder
-from curation.faces.landmarks import FaceMeshLandmarker, face_oval_indices
-from curation.faces.pose import head_pose
+from curation.faces.identity import IdentityConfig
+from curation.faces.tracks import ambiguous_target, ranked_tracks, select_target
 from curation.records import ClipRecord, Reason, Status
+from mfhq_faces.align import face_mask
+from mfhq_faces.detection import Detection, DetectorKind, make_detector
+from mfhq_faces.embedders import make_embedder
+from mfhq_faces.geometry import Box, face_size
+from mfhq_faces.landmarks import FaceMeshLandmarker, face_oval_indices
+from mfhq_faces.measure import measure_face
 
 CANDIDATE, REJECTED = Status.CANDIDATE, Status.REJECTED
 # Source-region side / detector box side: about 1.65 for both detectors (the template's eyes are
@@ -344,26 +332,19 @@ class FaceAnalyzer:
         return faces
 
     def _describe_face(self, face: FaceCandidate, frame: np.ndarray) -> None:
-        landmarks = self.landmarker.landmarks(frame, face.bbox)
-        if landmarks is None:
-            face.reject(Reason.LANDMARKS_FAILED)
-            return
-        height, width = frame.shape[:2]
-        try:
-            face.yaw, face.pitch, face.roll = head_pose(landmarks, width, height)
-        except ValueError:
-            face.reject(Reason.LANDMARKS_FAILED)
-            return
         size = self.config.crop_size
-        points5 = five_points(landmarks)
-        matrix = alignment_matrix(points5, size)
-        face.face_size = source_region_side(matrix, size)
+        geometry = measure_face(frame, face.bbox, self.landmarker, size)
+        if geometry is None:
+            face.reject(Reason.LANDMARKS_FAILED)
+            return
+        face.yaw, face.pitch, face.roll = geometry.pose
+        face.face_size = source_region_side(geometry.matrix, size)
         if face.face_size < self.config.min_face_size:
             face.reject(Reason.FACE_TOO_SMALL)
             return
-        face.landmarks5 = transform_points(matrix, points5).round(2).tolist()
-        face.crop = aligned_crop(frame, matrix, size)
-        face.mask = face_mask(landmarks, self._oval, matrix, size)
+        face.landmarks5 = geometry.crop_points5().tolist()
+        face.crop = geometry.crop(frame)
+        face.mask = face_mask(geometry.landmarks, self._oval, geometry.matrix, size)
         face.sharpness = sharpness(face.crop)
 
     def _keep_target_person(self, per_frame: list[list[Detection]],

@@ -9,7 +9,7 @@
     selection       pose over-clustering and the choice of N faces
     shard           one shard: select, write tar + manifest parts
     tar_writer      deterministic, atomic WebDataset tars
-    shard_rewrite   identities out of finished shards (takedown, duplicates, supersede)
+    removal         identities out of finished shards (takedown, duplicates, supersede)
     output          the output folder: refuse, overwrite, resume
     incremental     what a rerun over grown sources must build
     finalize        shards table, run record, summary

@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.pipeline.plan import PlanConfig
-from curation.pipeline.selection import SelectionConfig
 from curation.build_folder import BuildFolders, file_sha256_or_none
 from curation.faces.analysis import AnalysisConfig
-from curation.faces.detection import DetectorKind
-from curation.faces.identity import IdentityConfig, IdentityModel
+from curation.faces.identity import IdentityConfig
 from curation.faces.quality import QualityConfig, QualityModel
+from curation.pipeline.plan import PlanConfig
+from curation.pipeline.selection import SelectionConfig
 from curation.sources import SOURCE_KINDS
+from mfhq_faces.detection import DetectorKind
+from mfhq_faces.embedders import IdentityModel
 
 SOURCE_KINDS_HELP = ", ".join(SOURCE_KINDS)
 

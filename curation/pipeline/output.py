@@ -10,7 +10,7 @@ identities and what each was built from). A rerun with the same settings
 - grows the build when sources changed (`curation.pipeline.incremental`): unchanged identities
   stay in their finished shards, new and changed ones go into new shards; a finished shard that
   still holds identities the plan took out of it is rewritten without them
-  (`curation.pipeline.shard_rewrite`), which also finishes a rewrite a kill interrupted.
+  (`curation.pipeline.removal`), which also finishes a rewrite a kill interrupted.
 A different config into the same folder is refused with `BuildRefused` unless `overwrite` is
 set, which deletes what a build wrote and nothing else.
 """
@@ -25,11 +25,11 @@ import pyarrow as pa
 
 from curation import build_folder as bf
 from curation import manifests
+from curation.errors import BuildRefused
 from curation.pipeline.config import BuildConfig
 from curation.pipeline.incremental import Increment, grow, has_digests
 from curation.pipeline.plan import Plan, ShardSpec, plan_json_bytes
-from curation.pipeline.shard_rewrite import Rewrite, rewrite_without
-from curation.errors import BuildRefused
+from curation.pipeline.removal import Rewrite, rewrite_without
 from mfhq_contract import SPLITS
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curation.faces.detection import Box, face_size
+from mfhq_faces.geometry import Box, face_size
 
 NUM_LANDMARKS = 468
 
@@ -32,8 +32,14 @@ def crop_transform(bbox: Box, context: float, side: int) -> np.ndarray:
 
 
 class FaceMeshLandmarker:
+    """`border` and `interpolation` (OpenCV flags) say how the crop round the box is cut: black
+    outside the frame and area/linear resampling by default (the build's); None picks area when
+    shrinking and linear otherwise."""
+
     def __init__(self, context: float = 2.0, input_side: int = 256,
-                 min_confidence: float = 0.5):
+                 min_confidence: float = 0.5, border: int | None = None,
+                 interpolation: int | None = None):
+        import cv2
         import mediapipe as mp
 
         self._mesh = mp.solutions.face_mesh.FaceMesh(
@@ -41,15 +47,19 @@ class FaceMeshLandmarker:
             min_detection_confidence=min_confidence)
         self.context = context
         self.input_side = input_side
+        self.border = cv2.BORDER_CONSTANT if border is None else border
+        self.interpolation = interpolation
 
     def landmarks(self, frame_rgb: np.ndarray, bbox: Box) -> np.ndarray | None:
         """(468, 3) landmarks in frame pixels, or None when FaceMesh finds no face there."""
         import cv2
 
         to_crop = crop_transform(bbox, self.context, self.input_side)
+        flags = self.interpolation
+        if flags is None:
+            flags = cv2.INTER_AREA if to_crop[0, 0] < 1 else cv2.INTER_LINEAR
         crop = cv2.warpAffine(frame_rgb, to_crop, (self.input_side, self.input_side),
-                              flags=cv2.INTER_AREA if to_crop[0, 0] < 1 else cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT)
+                              flags=flags, borderMode=self.border)
         result = self._mesh.process(crop)
         if not result.multi_face_landmarks:
             return None

@@ -1,8 +1,11 @@
-"""Rewriting a finished shard without some of its identities: the one shard rewrite.
+"""Identities out of a finished build: the one shard rewrite, and the plan and shard table
+that follow it.
 
-Used by `mfhq takedown` (identities with a listed id leave the build) and by the build itself
-(an incremental rerun takes a superseded or vanished identity out of its old shard; a resume
-finishes a rewrite that a kill interrupted).
+Used by `mfhq takedown` (identities with a listed id leave the build), by the duplicate pass
+(`curation.pipeline.identity_check`: the same person in two splits) and by the build itself (an
+incremental rerun takes a superseded or vanished identity out of its old shard; a resume
+finishes a rewrite that a kill interrupted). The build never imports `curation.audit`: audit
+calls this module.
 
 Contract of `rewrite_without`:
 - the identities chosen by `select(rows)` leave the shard: their sample leaves the tar, their
@@ -18,6 +21,7 @@ Contract of `rewrite_without`:
 
 from __future__ import annotations
 
+import json
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +31,7 @@ import pyarrow as pa
 from curation import build_folder as bf
 from curation import manifests
 from curation.records import Status
+from curation.takedowns import removed_hashes
 
 Rows = dict[str, list[dict]]
 
@@ -106,3 +111,20 @@ def rewrite_without(folder: bf.BuildFolder, shard: str, select: Callable[[Rows],
     commit_shard(staged)
     return Rewrite(shard, sorted(chosen), removed, samples_before - staged.samples,
                    staged.sha256, staged.bytes)
+
+
+def refresh_plan_and_shard_table(folder: bf.BuildFolder) -> None:
+    """After removals: plan.json without the removed identities (by the takedown record's
+    hashes), and shards.parquet from the shards on disk."""
+    names: list[str] = []
+    if folder.plan_path.exists():
+        plan = bf.read_json(folder.plan_path)
+        removed = removed_hashes(folder.manifests_dir)
+        for shard in plan.get("plan", {}).get("shards", []):
+            shard["identities"] = [i for i in shard["identities"] if not removed.contains(i)]
+            if isinstance(shard.get("digests"), dict):
+                shard["digests"] = {i: shard["digests"][i] for i in shard["identities"]
+                                    if i in shard["digests"]}
+            names.append(shard["name"])
+        bf.atomic_write(folder.plan_path, json.dumps(plan, sort_keys=True, indent=1))
+    bf.write_shards_table(folder, names)

@@ -21,6 +21,10 @@ ALIGN_TEMPLATE = np.array([
     [0.395, 0.743],
     [0.605, 0.743],
 ])
+# Where the face sits in an aligned crop (unit square, x0 y0 x1 y1): the template's points span
+# x 0.37-0.63, y 0.45-0.74; a detector box is about 1.6 eye distances wide, from the brows to
+# below the mouth. Used where the image is an aligned crop already (dlib's chip, the evaluation).
+ALIGNED_FACE_BOX = (0.30, 0.34, 0.70, 0.80)
 # FaceMesh indices for the five points (each eye centre is the mean of its two corners)
 RIGHT_EYE_CORNERS = (33, 133)
 LEFT_EYE_CORNERS = (362, 263)
@@ -83,3 +87,10 @@ def face_mask(landmarks: np.ndarray, oval_indices: list[int], matrix: np.ndarray
     mask = np.zeros((size, size), np.uint8)
     cv2.fillConvexPoly(mask, hull, 255)
     return mask
+
+
+def usable_points(points: np.ndarray | None, side: int) -> bool:
+    """Five finite points spread over more than a tenth of the image (not placeholders)."""
+    if points is None or not np.isfinite(points).all():
+        return False
+    return float(np.ptp(points[:, 0])) > side / 10
