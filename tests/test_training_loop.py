@@ -164,12 +164,13 @@ def test_cli_flow_stage_eval_and_encode(shard_dir, tmp_path, capsys):
     capsys.readouterr()
 
     assert eval_main(["--checkpoint", str(mtd_ckpt), "--shards", test_urls,
-                      "--n-inputs", "1", "3", "5", "7", "--max-samples", "2"]) == 0
+                      "--n-inputs", "1", "3", "5", "7", "--max-samples", "2", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [r["n_in"] for r in lines] == [1, 3, 5, 7]
     assert all(r["samples"] == 2 and r["loss"] > 0 for r in lines)
     assert eval_main(["--checkpoint", str(tmp_path / "flow" / "checkpoint-00000002.pt"),
-                      "--shards", test_urls, "--n-inputs", "3", "--max-samples", "2"]) == 0
+                      "--shards", test_urls, "--n-inputs", "3", "--max-samples", "2",
+                      "--json"]) == 0
     flow_row = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert flow_row["stage"] == "flow" and flow_row["flow_l1_face"] > 0
 

@@ -2,13 +2,16 @@
 
 A checkpoint is a dict of tensors, plain containers and numbers only (config as a nested dict,
 RNG states as tensors), so `torch.load(path, weights_only=True)` reads it and never runs pickled
-code. Files are `checkpoint-<step>.pt`; a write goes to a hidden temp file in the same directory,
-is fsynced, then renamed over, so a kill at any moment leaves the previous checkpoint intact.
+code. Files are `checkpoint-<step>.pt` in a local folder or at a URL (`training.storage`); a
+write is atomic (locally a hidden temp file, fsynced, renamed over; on an object store one
+upload that becomes visible only whole), so a kill at any moment leaves the previous checkpoint
+intact. `from_bytes` reads a checkpoint that rank 0 broadcast to the other ranks, with the same
+`weights_only` rule.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import random
 import re
 from pathlib import Path
@@ -16,50 +19,66 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training import storage
 from training.config import TrainConfig, from_dict
+from training.errors import InputError
 
 CHECKPOINT_FORMAT = "omni-id-checkpoint/1"
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
-def checkpoint_path(out_dir: str | Path, step: int) -> Path:
-    return Path(out_dir) / f"checkpoint-{step:08d}.pt"
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:08d}.pt"
 
 
-def list_checkpoints(out_dir: str | Path) -> list[Path]:
+def checkpoint_path(out_dir: str | Path, step: int) -> str | Path:
+    """Where step `step`'s checkpoint goes: a Path in a local folder, a URL string otherwise."""
+    if storage.is_url(out_dir):
+        return storage.join(out_dir, checkpoint_name(step))
+    return Path(out_dir) / checkpoint_name(step)
+
+
+def list_checkpoints(out_dir: str | Path) -> list[str | Path]:
     """Finished checkpoints, oldest first (temp files of an interrupted save are not listed)."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
+    run = storage.RunDir(out_dir)
+    found = sorted((int(m.group(1)), name) for name in run.names() if (m := _NAME.match(name)))
+    return [checkpoint_path(out_dir, step) for step, _ in found]
 
 
 def atomic_save(obj: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write a checkpoint atomically (`storage.RunDir.write`): a kill at any moment leaves the
+    previous one intact, and no reader ever sees a partial file."""
+    text = str(path)
+    folder, name = (text.rsplit("/", 1) if storage.is_url(text)
+                    else (str(Path(path).parent), Path(path).name))
+    storage.RunDir(folder).write(name, lambda f: torch.save(obj, f))
+
+
+def from_bytes(data: bytes, origin: str = "checkpoint") -> dict:
+    """A checkpoint from its bytes (as broadcast between ranks), `weights_only` as from a file."""
+    return _checked(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), origin)
+
+
+def _checked(state: object, origin: str | Path) -> dict:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise NotACheckpointError(f"{origin} is not an Omni-ID checkpoint ({CHECKPOINT_FORMAT}): "
+                                  f"give a checkpoint-<step>.pt written by `mfhq train`")
+    return state
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an Omni-ID checkpoint ({CHECKPOINT_FORMAT})")
-    return state
+    """A checkpoint from a path or URL, read with `torch.load(weights_only=True)`."""
+    if not storage.exists(path):
+        raise MissingCheckpointError(
+            f"checkpoint not found: {path}. Give a checkpoint-<step>.pt written by `mfhq train` "
+            f"(a path or an s3:// / gs:// URL; see --out of the training run).")
+    with storage.local_copy(path) as local:
+        try:
+            state = torch.load(local, map_location=map_location, weights_only=True)
+        except Exception as exc:
+            raise NotACheckpointError(f"{path} is not a readable Omni-ID checkpoint ({exc}); it may be "
+                             f"truncated, or not a checkpoint-<step>.pt of `mfhq train`") from None
+    return _checked(state, path)
 
 
 def load_latest(out_dir: str | Path, map_location: str | torch.device = "cpu") -> dict | None:
@@ -78,8 +97,17 @@ def load_latest(out_dir: str | Path, map_location: str | torch.device = "cpu") -
 def prune(out_dir: str | Path, keep: int) -> None:
     if keep <= 0:
         return
+    run = storage.RunDir(out_dir)
     for path in list_checkpoints(out_dir)[:-keep]:
-        path.unlink(missing_ok=True)
+        run.delete(Path(str(path)).name)
+
+
+class MissingCheckpointError(FileNotFoundError):
+    pass
+
+
+class NotACheckpointError(InputError):
+    pass
 
 
 def capture_rng() -> dict:

@@ -37,7 +37,9 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from mfhq_contract import IMAGES_PER_IDENTITY, JSON_EXT, image_ext, mask_ext
+from training import storage
 from training.config import DataConfig
+from training.errors import InputError
 
 STATS_FIELDS = ("samples_ok", "samples_skipped", "members_skipped", "shards_failed")
 BATCH_TENSORS = ("inputs", "targets", "masks", "landmarks")
@@ -59,16 +61,57 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+class ShardsNotFoundError(InputError):
+    pass
+
+
+class NotAShardError(InputError):
+    pass
+
+
 def expand_urls(urls: str | list[str]) -> list[str]:
-    """Brace patterns and '::'-joined lists -> a list of shard URLs (paths, file:, http, pipe:)."""
+    """Brace patterns and '::'-joined lists -> a list of shard URLs (paths, file:, http, pipe:,
+    and object-store URLs such as s3:// and gs://, which are read through fsspec)."""
+    storage.register_webdataset_schemes()
     if isinstance(urls, str):
         urls = [urls]
     out: list[str] = []
     for spec in urls:
         out.extend(wds.shardlists.expand_urls(spec))
     if not out:
-        raise ValueError(f"no shards in {urls!r}")
+        raise ShardsNotFoundError(f"no shards in {urls!r}: give shard paths or URLs, e.g. "
+                                  f"'shards/train/mfhq-train-{{000000..000009}}.tar'")
     return out
+
+
+TAR_MAGIC_OFFSET = 257  # "ustar" in the first header block of a POSIX tar
+
+
+def check_shards(spec: str, flag: str = "--shards") -> list[str]:
+    """The shard URLs of `spec`, checked before training or evaluation starts: at least one of
+    them exists (local paths and object-store URLs; `pipe:` and http(s) are not probed) and the
+    first that exists is a tar file. Raises a one-line `InputError` naming the input."""
+    urls = expand_urls(spec)
+    probed = [u for u in urls if not u.startswith(("pipe:", "http://", "https://"))]
+    if not probed:
+        return urls
+    # locally every file is checked (cheap); on a store the first and last, not one HEAD each
+    candidates = probed if not storage.is_url(probed[0]) else list(dict.fromkeys(
+        [probed[0], probed[-1]]))
+    present = [u for u in candidates if storage.exists(u)]
+    if not present:
+        shown = probed[0] if len(probed) == 1 else f"{probed[0]} ... {probed[-1]}"
+        raise ShardsNotFoundError(
+            f"{flag} {spec!r} matches no file ({len(probed)} URL(s), none exists: {shown}); "
+            f"check the path or brace pattern (the build writes shards/<split>/"
+            f"mfhq-<split>-NNNNNN.tar)")
+    first = present[0]
+    head = storage.read_head(first, TAR_MAGIC_OFFSET + 5)
+    if head[TAR_MAGIC_OFFSET:TAR_MAGIC_OFFSET + 5] != b"ustar":
+        raise NotAShardError(
+            f"{first} (from {flag}) is not a shard: not a tar file. Give the .tar files a "
+            f"build wrote (shards/<split>/mfhq-<split>-NNNNNN.tar)")
+    return urls
 
 
 def decode_rgb(data: bytes, size: int) -> np.ndarray:

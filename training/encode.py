@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from training import checkpoint as ckpt
+from training import storage
 from training.config import TrainConfig
 from training.data import decode_rgb
+from training.errors import InputError, report_errors
 from training.model import OmniIDEncoder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -46,14 +48,20 @@ def image_paths(items: list[str]) -> list[Path]:
 @torch.no_grad()
 def encode_images(encoder: OmniIDEncoder, paths: list[Path], image_size: int) -> torch.Tensor:
     """-> identity tokens [N, D] (float32, CPU) for the images together."""
-    images = []
+    images, failures = [], []
     for path in paths:
         try:
             images.append(decode_rgb(path.read_bytes(), image_size))
         except Exception as exc:
-            print(f"warning: skipping {path}: {exc}", file=sys.stderr)
+            failures.append(f"{path} ({exc})")
     if not images:
-        raise ValueError("no readable images given")
+        shown = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more"
+                                           if len(failures) > 3 else "")
+        raise NoReadableImagesError(
+            f"none of the images could be read: {shown or 'no image files given'}. Give "
+            f"JPEG / PNG / WebP face crops of one person (files or folders)")
+    for failure in failures:  # some were readable: encode those, name the others
+        print(f"warning: skipped {failure}", file=sys.stderr)
     device = next(encoder.parameters()).device
     batch = torch.from_numpy(np.stack(images))[None].to(device).float() / 255.0
     return encoder(batch)[0].float().cpu()
@@ -72,15 +80,28 @@ def build_parser(prog: str = "python -m training.encode") -> argparse.ArgumentPa
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="face images (or folders of them) of one person")
-    p.add_argument("--checkpoint", required=True, help="checkpoint-*.pt from training.train")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint-*.pt from training.train (a path or an s3:// / gs:// URL)")
     p.add_argument("--out", required=True, help="output file, .pt or .npy")
     p.add_argument("--no-ema", action="store_true", help="use raw, not EMA, encoder weights")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--storage-options", default="",
+                   help="JSON of fsspec options for an s3:// / gs:// --checkpoint")
+    p.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     return p
+
+
+class NoReadableImagesError(InputError):
+    pass
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m training.encode") -> int:
     args = build_parser(prog).parse_args(argv)
+    return report_errors(lambda: encode_command(args), args.verbose)
+
+
+def encode_command(args: argparse.Namespace) -> int:
+    storage.set_options(args.storage_options)
     encoder, config = load_encoder(args.checkpoint, args.device, prefer_ema=not args.no_ema)
     paths = image_paths(args.images)
     tokens = encode_images(encoder, paths, config.data.image_size)

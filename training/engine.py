@@ -18,19 +18,24 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from training import checkpoint as ckpt
+from training import storage
 from training.config import OptimConfig, TrainConfig, to_dict
 from training.data import BATCH_TENSORS, STATS_FIELDS, IdentityStream
+from training.errors import InputError
 from training.model import Phase, phase_at
 from training.optim import EMA, lr_factor, set_lr
 
 
 class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class NoUsableSamplesError(InputError):
     pass
 
 
@@ -98,15 +103,33 @@ class StepRunner:
 
 
 class MetricsLog:
-    """Appends JSON rows to metrics.jsonl (rank 0 only)."""
+    """Appends JSON rows to metrics.jsonl (rank 0 only). In a local folder each row is appended
+    at once; at a URL (objects cannot be appended to) the rows are kept and the whole object is
+    rewritten by `flush` (at every checkpoint, evaluation and the end), after the rows an
+    earlier run of the same --out left there."""
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+    NAME = "metrics.jsonl"
+
+    def __init__(self, run: storage.RunDir, enabled: bool):
+        self.run, self.enabled = run, enabled
+        self.lines: list[str] | None = None
 
     def write(self, row: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        if not self.enabled:
+            return
+        line = json.dumps(row) + "\n"
+        if not self.run.remote:
+            with open(self.run.path(self.NAME), "a") as f:
+                f.write(line)
+            return
+        if self.lines is None:
+            old = self.run.read_bytes(self.NAME).decode() if self.run.exists(self.NAME) else ""
+            self.lines = [old] if old else []
+        self.lines.append(line)
+
+    def flush(self) -> None:
+        if self.enabled and self.run.remote and self.lines is not None:
+            self.run.write_text(self.NAME, "".join(self.lines))
 
 
 def gather_states(world: int, data_state: dict, rng_state: dict) -> list[dict]:
@@ -143,8 +166,8 @@ class TrainingLoop:
         self.optimizer, self.ema = optimizer, ema
         self.dataset, self.loader, self.state = dataset, loader, state
         self.rank, self.world, self.device = rank, world, device
-        self.out = Path(config.out)
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=rank == 0)
+        self.run_dir = storage.RunDir(config.out)
+        self.metrics = MetricsLog(self.run_dir, enabled=rank == 0)
         self.stream_stats: dict[int, torch.Tensor] = {}
         self.shards_seen: set[str] = set()
 
@@ -160,8 +183,10 @@ class TrainingLoop:
                 "scheduler": {"name": "warmup_cosine", "step": step},
                 "rng": [s["rng"] for s in states], "data": [s["data"] for s in states],
             }
-            ckpt.atomic_save(state, ckpt.checkpoint_path(self.out, step))
-            ckpt.prune(self.out, config.keep_checkpoints)
+            ckpt.atomic_save(state, ckpt.checkpoint_path(config.out, step))
+            ckpt.prune(config.out, config.keep_checkpoints)
+            self.metrics.flush()
+        # every rank waits for the checkpoint: a rank that resumes reads what rank 0 wrote
         if self.world > 1:
             torch.distributed.barrier()
 
@@ -188,34 +213,38 @@ class TrainingLoop:
         finally:
             if bar is not None:
                 bar.close()
-            (self.out / f"data-rank{self.rank}.json").write_text(json.dumps({
+            self.metrics.flush()
+            self.run_dir.write_text(f"data-rank{self.rank}.json", json.dumps({
                 "rank": self.rank, "world": self.world, "shards_seen": sorted(self.shards_seen),
                 "stats": dict(zip(STATS_FIELDS, self.data_totals(), strict=False))}, indent=1))
 
         step = self.state.step
-        summary = {"step": step, "loss": last_loss, "out": str(self.out),
-                   "checkpoint": str(ckpt.checkpoint_path(self.out, step))}
+        summary = {"step": step, "loss": last_loss, "out": str(config.out),
+                   "checkpoint": str(ckpt.checkpoint_path(config.out, step))}
         rows = self.evaluate()
+        self.metrics.flush()
         if rows:
             summary["eval"] = rows
         return summary
 
     def evaluate(self) -> list[dict]:
-        """The held-out evaluation (`training.eval`) on rank 0, written to metrics.jsonl as
-        rows with an `eval` field; the other ranks wait. Its RNG use is its own (fixed seeds,
-        private generators), so evaluating does not change the training that follows."""
+        """The held-out evaluation (`training.eval`), the same as `mfhq eval` scores: the EMA
+        encoder where there is one (rows say which in `weights`). Every rank evaluates its
+        slice of the test shards and the sums are reduced, so all ranks get the same rows;
+        rank 0 writes them to metrics.jsonl with an `eval` field. Its RNG use is its own (fixed
+        seeds, private generators), so evaluating does not change the training that follows."""
         config, rows = self.config, []
-        if config.test_shards and self.rank == 0:
+        if config.test_shards:
             from training.eval import Evaluator
             rng = ckpt.capture_rng()
+            encoder = self.ema.module if self.ema is not None else None
             rows = Evaluator(config, device=self.device).run(
                 self.model, config.test_shards, n_inputs=config.eval_inputs,
-                max_samples=config.eval_samples)
+                max_samples=config.eval_samples, encoder=encoder)
             ckpt.restore_rng(rng)
             for row in rows:
                 self.metrics.write({"step": self.state.step, "loss": row["loss"], "eval": row})
-        if self.world > 1:
-            torch.distributed.barrier()
+            self.metrics.flush()
         return rows
 
     def _epochs(self, bar) -> float:
@@ -267,9 +296,10 @@ class TrainingLoop:
                     break
             else:
                 if batches == 0:
-                    raise RuntimeError(
-                        f"no usable samples in {config.shards!r} (see data-rank{self.rank}.json): "
-                        f"check the URLs and that the shards follow mfhq_contract/__init__.py")
+                    raise NoUsableSamplesError(
+                        f"no usable samples in --shards {config.shards!r}"
+                        f": check the URLs and that the files are "
+                        f"MFHQ shards (tar files as mfhq_contract/__init__.py describes)")
                 epoch += 1
                 state.data = fresh_data_state(epoch)
                 self.dataset.set_epoch(epoch)

@@ -23,14 +23,17 @@ import json
 import os
 import random
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from training import checkpoint as ckpt
+from training import storage
 from training.config import (
     ENCODER_SETTINGS,
     LOCATION_SETTINGS,
@@ -48,10 +51,12 @@ from training.config import (
     tiny,
     to_dict,
 )
-from training.data import IdentityStream
+from training.data import IdentityStream, check_shards
 from training.engine import LoopState, NonFiniteLossError, StepRunner, TrainingLoop
+from training.errors import report_errors
 from training.model import OmniID, needs_unused_parameters
 from training.optim import EMA, build_optimizer
+from training.quiet import library_output_to
 
 
 @dataclass(frozen=True)
@@ -120,12 +125,15 @@ def build_parser(prog: str = "python -m training.train") -> argparse.ArgumentPar
     p.add_argument("--stage", type=Stage, choices=tuple(Stage), default=defaults.stage,
                    help="training stage")
     p.add_argument("--shards", required=True,
-                   help="training shard URLs: paths, brace patterns, file:, http(s)://, pipe:")
+                   help="training shard URLs: paths, brace patterns, file:, s3://, gs:// "
+                        "(fsspec), http(s)://, pipe:")
     p.add_argument("--test-shards", default="",
                    help="held-out shards, evaluated every --eval-every steps and at the end")
-    p.add_argument("--out", required=True, help="output directory (checkpoints, metrics)")
+    p.add_argument("--out", required=True,
+                   help="output folder (checkpoints, metrics): a path or an s3:// / gs:// URL")
     p.add_argument("--init", default="",
-                   help="checkpoint whose encoder starts this run (e.g. stage flow from an MTD run)")
+                   help="checkpoint (path or URL) whose encoder starts this run (e.g. stage flow "
+                        "from an MTD run)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     for flag in FLAGS:
         # no argparse default: an absent flag leaves the preset's value
@@ -136,6 +144,14 @@ def build_parser(prog: str = "python -m training.train") -> argparse.ArgumentPar
         else:
             p.add_argument(flag.name, type=flag.type, choices=flag.choices, help=shown)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--storage-options", default="",
+                   help="JSON of fsspec options for s3:// / gs:// URLs in --shards, --out, --init "
+                        "(endpoint, profile, ...); default: the store's standard configuration")
+    p.add_argument("--log-file", default="",
+                   help="where library messages (mediapipe / TF Lite) go (default: "
+                        "OUT/mfhq-train.log, or TMPDIR/mfhq-train.log when --out is a URL)")
+    p.add_argument("--verbose", action="store_true",
+                   help="library messages on the terminal, tracebacks with errors")
     return p
 
 
@@ -168,14 +184,81 @@ def setup_distributed(device: torch.device, timeout_s: int) -> tuple[int, int]:
     return 0, 1
 
 
-def adopt_encoder(model: OmniID, init_path: str) -> None:
+def adopt_encoder(model: OmniID, init_path: str, state: dict) -> None:
     """Start the encoder from another run's checkpoint (flow stage from the MTD stage)."""
-    state = ckpt.load(init_path)
     missing, unexpected = model.encoder.load_state_dict(ckpt.encoder_state(state, prefer_ema=False),
                                                         strict=False)
     if missing or unexpected:
         raise ValueError(f"--init {init_path}: encoder mismatch, missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]} (same --preset as the MTD run?)")
+
+
+BROADCAST_CHUNK = 64 * 2**20  # bytes per broadcast: bounds the extra memory on every rank
+
+
+def broadcast_bytes(data: bytes | None, rank: int, device: torch.device) -> bytes:
+    """Rank 0's `data` on every rank, in chunks (a checkpoint can be tens of GB)."""
+    comm = device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+    length = torch.tensor([len(data) if rank == 0 else 0], dtype=torch.int64, device=comm)
+    torch.distributed.broadcast(length, src=0)
+    total = int(length.item())
+    out = bytearray(total) if rank != 0 else None
+    for start in range(0, total, BROADCAST_CHUNK):
+        end = min(total, start + BROADCAST_CHUNK)
+        if rank == 0:
+            chunk = torch.frombuffer(bytearray(data[start:end]), dtype=torch.uint8).to(comm)
+        else:
+            chunk = torch.empty(end - start, dtype=torch.uint8, device=comm)
+        torch.distributed.broadcast(chunk, src=0)
+        if rank != 0:
+            out[start:end] = chunk.cpu().numpy().tobytes()
+    return data if rank == 0 else bytes(out)
+
+
+def agreed_checkpoint(choose, rank: int, world: int, device: torch.device) -> dict | None:
+    """The checkpoint every rank starts from. Rank 0 alone calls `choose()` (the newest
+    checkpoint of --out, or --init) and says which file it took; every rank that sees the same
+    file (a URL, or a shared filesystem: same path, same size) reads it itself, after rank 0
+    has chosen; if any rank does not see it (node-local disks), rank 0 broadcasts the file's
+    bytes and each rank loads them with the same `weights_only` rule. So all ranks resume from
+    the same step and state, with or without a shared filesystem."""
+    if world == 1:
+        return choose()
+    state = choose() if rank == 0 else None
+    chosen = [None if state is None else (state["path"], storage.size(state["path"]))]
+    torch.distributed.broadcast_object_list(chosen, src=0)
+    if chosen[0] is None:
+        return None
+    path, nbytes = chosen[0]
+    sees = torch.tensor([1 if rank == 0 or storage.size(path) == nbytes else 0])
+    if torch.distributed.get_backend() == "nccl":
+        sees = sees.to(device)
+    torch.distributed.all_reduce(sees, op=torch.distributed.ReduceOp.MIN)
+    if int(sees.item()) == 1:
+        if rank != 0:
+            state = ckpt.load(path)
+            state["path"] = path
+        return state
+    data = broadcast_bytes(storage.read_bytes(path) if rank == 0 else None, rank, device)
+    if rank != 0:
+        state = ckpt.from_bytes(data, path)
+        state["path"] = f"{path} (rank 0's copy)"
+    return state
+
+
+def wrap_trainable(model: OmniID, device: torch.device, config: TrainConfig) -> nn.Module:
+    """DDP over what trains: the frozen base weights (FLUX transformer and VAE) are left out of
+    DDP's start-up broadcast and of its gradient buckets (every rank loads them from the same
+    files; broadcasting FLUX.1-dev's 12 B bf16 weights from rank 0 costs ~24 GB of traffic and
+    its bookkeeping). Gradients are views into the buckets (no second copy of them)."""
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    frozen += [name for name, _ in model.named_buffers()
+               if name in model.frozen_keys()]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, frozen)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=needs_unused_parameters(config), gradient_as_bucket_view=True)
 
 
 def adopt_architecture(config: TrainConfig, state: dict, settings: tuple[str, ...]) -> None:
@@ -199,54 +282,62 @@ def restore(state: dict, model: OmniID, optimizer: torch.optim.Optimizer, ema: E
     if rank < len(state["data"]):
         loop_state.data = state["data"][rank]
     ckpt.restore_rng(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-    print(f"resumed from {state['path']} at step {loop_state.step}")
+    print(f"resumed from {state['path']} at step {loop_state.step}", file=sys.stderr)
     return loop_state
+
+
+class MissingEvalModelError(FileNotFoundError):
+    pass
 
 
 def check_eval_files(config: TrainConfig) -> None:
     """The evaluation's files, checked before the first step rather than at the first
     evaluation (`--eval-every` steps in, with up to `--ckpt-every` steps unsaved)."""
     if config.test_shards and config.eval_arcface and not Path(config.eval_arcface).is_file():
-        raise FileNotFoundError(
+        raise MissingEvalModelError(
             f"ArcFace model not found: {config.eval_arcface}. Put insightface buffalo_l's "
             f"w600k_r50.onnx there or omit --eval-arcface to skip ID similarity.")
 
 
 def train(config: TrainConfig, progress: bool = True) -> dict:
     """Run training as configured; returns a summary (last loss, steps, output paths)."""
+    check_shards(config.shards, "--shards")
+    if config.test_shards:
+        check_shards(config.test_shards, "--test-shards")
     check_eval_files(config)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(config.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     rank, world = setup_distributed(device, config.dist_timeout_s)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    storage.RunDir(config.out).make()
     random.seed(config.seed + rank)
     np.random.seed((config.seed + rank) % 2**32)
     torch.manual_seed(config.seed + rank)
 
-    resume_state = ckpt.load_latest(out) if config.resume else None
+    resume_state = init_state = None
+    if config.resume:
+        resume_state = agreed_checkpoint(lambda: ckpt.load_latest(config.out), rank, world,
+                                         device)
+    if resume_state is None and config.init:
+        init_state = agreed_checkpoint(lambda: dict(ckpt.load(config.init), path=config.init),
+                                       rank, world, device)
     if resume_state is not None:
         adopt_architecture(config, resume_state, MODEL_SETTINGS)
-    elif config.init:
-        adopt_architecture(config, ckpt.load(config.init), ENCODER_SETTINGS)
+    elif init_state is not None:
+        adopt_architecture(config, init_state, ENCODER_SETTINGS)
     if config.stage == Stage.FLOW and not config.init and resume_state is None:
         print("note: flow stage without --init: the encoder starts from scratch / timm weights")
 
     model = OmniID(config).to(device)
-    if config.init and resume_state is None:
-        adopt_encoder(model, config.init)
+    if init_state is not None:
+        adopt_encoder(model, config.init, init_state)
     optimizer = build_optimizer(model, config.optim, fused=device.type == "cuda")
     ema = EMA(model.encoder, config.optim.ema_decay) if config.optim.ema_decay > 0 else None
     state = LoopState()
     if resume_state is not None:
         state = restore(resume_state, model, optimizer, ema, rank)
-    trained = model
-    if world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=needs_unused_parameters(config))
+    trained = wrap_trainable(model, device, config) if world > 1 else model
     runner = StepRunner(trained, optimizer, config.optim, config.max_nonfinite, device, ema,
                         model.encoder, distributed=world > 1)
 
@@ -257,7 +348,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
                         pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(config.seed))
     if rank == 0 and resume_state is None:
-        (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+        storage.RunDir(config.out).write_text("config.json",
+                                              json.dumps(to_dict(config), indent=1))
     loop = TrainingLoop(config, model, runner, optimizer, ema, dataset, loader, state, rank,
                         world, device)
     return loop.run(progress)
@@ -266,6 +358,15 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
 def main(argv: list[str] | None = None, prog: str = "python -m training.train") -> int:
     args = build_parser(prog).parse_args(argv)
     config = config_from_args(args)
+    log_file = args.log_file or (
+        str(Path(tempfile.gettempdir()) / "mfhq-train.log") if storage.is_url(config.out)
+        else str(Path(config.out) / "mfhq-train.log"))
+    with library_output_to(log_file, enabled=not args.verbose):
+        return report_errors(lambda: train_command(args, config), args.verbose)
+
+
+def train_command(args: argparse.Namespace, config: TrainConfig) -> int:
+    storage.set_options(args.storage_options)
     try:
         summary = train(config, progress=not args.no_progress)
     except NonFiniteLossError:
@@ -273,6 +374,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m training.train") 
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(json.dumps({k: v for k, v in summary.items() if k != "eval"}))
     for row in summary.get("eval", []):
         print("eval " + json.dumps(row))
