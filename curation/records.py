@@ -51,6 +51,10 @@ class Reason(StrEnum):
     IDENTITY_MISMATCH = "identity_mismatch"          # faces, clips: another person than the identity's dominant one
     NO_DOMINANT_PERSON = "no_dominant_person"        # identities: its faces show several people, none clearly the most
     DUPLICATE_ACROSS_SPLITS = "duplicate_across_splits"  # identities: the same person as an identity of the other split, removed from the minority split
+    # decoding (appended)
+    VIDEO_NO_STREAM = "video_no_stream"              # the file holds no video stream (audio only, ...)
+    VIDEO_CODEC_UNSUPPORTED = "video_codec_unsupported"  # no decoder here for the video stream's codec
+    VIDEO_TRUNCATED = "video_truncated"              # the container's index lists more frames than the file holds
 
 
 class SourceKind(StrEnum):
