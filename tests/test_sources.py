@@ -320,6 +320,52 @@ def test_vfhq_processed_mp4_frames_folder_and_raw_video(tmp_path):
     assert raw.bbox_hint_normalized == pytest.approx((0.25, 0.1, 0.75, 0.9))
 
 
+# --- raw downloads in any container (what yt-dlp writes) -----------------------------------------
+
+
+@pytest.mark.parametrize("ext", [".webm", ".mkv", ".mp4", ".mov"])
+def test_every_adapter_finds_a_raw_download_under_each_container(tmp_path, ext):
+    hq = celebvhq_root(tmp_path / "hq", {"hqvid_1": celebv_entry("hqvid")})
+    touch(hq / "raw" / f"hqvid{ext}")
+    text = tmp_path / "cvt"
+    write_json(text / "celebvtext_info.json", {"txvid_0_0.mp4": celebv_entry("txvid")})
+    touch(text / "raw" / f"txvid{ext}")
+    th = tmp_path / "th"
+    write_tubes(th, {"train": [tube_line("thvid_0001")]})
+    touch(th / "raw" / f"thvid_0001{ext}")
+    vf = tmp_path / "vf"
+    vfhq_meta(vf, "Clip+vfvid+P0+C0+F10-90")
+    touch(vf / "raw" / f"vfvid{ext}")
+    found = {kind: list(enumerate_source(kind, root)) for kind, root in
+             [("celebvhq", hq), ("celebvtext", text), ("talkinghead1kh", th), ("vfhq", vf)]}
+    for kind, records in found.items():
+        (record,) = records
+        assert record.ok and record.is_raw, (kind, record.message)
+        assert record.video_path.endswith(ext) and "/raw/" in record.video_path
+    assert found["celebvhq"][0].start_sec == 1.5          # the time range goes with it
+    assert found["talkinghead1kh"][0].start_frame == 0
+    assert found["vfhq"][0].start_frame == 11
+
+
+def test_a_processed_clip_wins_over_the_raw_download_and_mp4_over_other_containers(tmp_path):
+    root = celebvhq_root(tmp_path, {"v_1": celebv_entry("v"), "w_1": celebv_entry("w")})
+    touch(root / "raw" / "v.webm")
+    touch(root / "processed" / "v_1.mkv")
+    for ext in (".webm", ".mkv", ".mp4"):
+        touch(root / "raw" / f"w{ext}")
+    clips = by_id(list(enumerate_source("celebvhq", root)))
+    assert not clips["v_1"].is_raw and clips["v_1"].video_path.endswith("processed/v_1.mkv")
+    assert clips["w_1"].is_raw and clips["w_1"].video_path.endswith("raw/w.mp4")
+
+
+def test_a_missing_video_names_the_containers_it_looked_for(tmp_path):
+    root = celebvhq_root(tmp_path, {"v_1": celebv_entry("v")})
+    (record,) = enumerate_source("celebvhq", root)
+    assert record.reason == Reason.VIDEO_MISSING
+    assert "v_1.mp4 (or .mov, .mkv, .webm, .avi) not found" in record.message
+    assert "v.mp4 (or .mov, .mkv, .webm, .avi) not found" in record.message
+
+
 def test_vfhq_video_id_with_plus_is_split_from_the_right(tmp_path):
     name = "Clip+we+ird+P7+C2+F0-10"
     vfhq_meta(tmp_path, name)

@@ -1,8 +1,8 @@
 """CelebV-HQ: `celebvhq_info.json` plus processed clips or raw YouTube downloads.
 
 A clip is served by its processed file `<clip_key>.mp4` (already cropped and trimmed, used
-whole) or, failing that, by the raw download `<ytb_id>.mp4` with the entry's time range and
-normalised box. Identity proxy: one person per YouTube video (`yt:<ytb_id>`).
+whole) or, failing that, by the raw download `<ytb_id>.*` (`.mp4`, `.webm`, `.mkv`, ... as
+yt-dlp saved it) with the entry's time range and normalised box. Identity proxy: one person per YouTube video (`yt:<ytb_id>`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from curation.sources.common import (
     FileIndex,
     collect_json_entries,
     mapping,
-    missing_video,
     nonempty_str,
     normalized_box,
+    processed_or_raw,
     run_entry,
     seconds_range,
     sorted_entries,
@@ -52,10 +52,7 @@ def _clip_record(index: FileIndex, clip_id: str, key: str, entry: Any) -> ClipRe
         duration = mapping(entry.get("duration"), "duration")
         start_sec, end_sec = seconds_range(duration.get("start_sec"), duration.get("end_sec"))
         box = normalized_box(*tblr_box(entry.get("bbox")))
-        processed = index.file(f"{key}.mp4")
-        raw = None if processed else index.file(f"{ytb_id}.mp4")
-        if processed is None and raw is None:
-            raise missing_video([f"{key}.mp4", f"{ytb_id}.mp4"], index)
+        video = processed_or_raw(index, key, ytb_id)
     except EntryProblem as problem:
         problem.identity_id, problem.source_video_id = f"yt:{ytb_id}", ytb_id
         raise
@@ -68,7 +65,7 @@ def _clip_record(index: FileIndex, clip_id: str, key: str, entry: Any) -> ClipRe
     common = dict(source=SOURCE, clip_id=clip_id, original_clip_id=key,
                   identity_id=f"yt:{ytb_id}", source_video_id=ytb_id, license=LICENSE,
                   extra={k: v for k, v in extra.items() if v is not None})
-    if processed is not None:
-        return ClipRecord(video_path=processed, **common)
-    return ClipRecord(video_path=raw, start_sec=start_sec, end_sec=end_sec,
+    if not video.is_raw:
+        return ClipRecord(video_path=video.path, **common)
+    return ClipRecord(video_path=video.path, start_sec=start_sec, end_sec=end_sec,
                       bbox_hint_normalized=box, is_raw=True, **common)

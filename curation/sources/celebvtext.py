@@ -10,8 +10,8 @@ Shapes accepted:
   too: `10, 250` is 10 s..250 s, never frames 10..250).
 A bbox whose values are all <= 1 is normalised, otherwise pixels.
 
-Processed clip `<clip>.mp4` is used whole; else the raw download `<ytb_id>.mp4` with the range
-and box. Per-clip description files `<clip>.txt` found under the root (the text archives, when
+Processed clip `<clip>.mp4` is used whole; else the raw download `<ytb_id>.*` (any container
+yt-dlp writes: `.mp4`, `.webm`, `.mkv`, ...) with the range and box. Per-clip description files `<clip>.txt` found under the root (the text archives, when
 unpacked there) are carried into `extra["texts"]`, keyed by their folder name: best effort.
 """
 
@@ -29,10 +29,10 @@ from curation.sources.common import (
     collect_json_entries,
     invalid,
     mapping,
-    missing_video,
     nonempty_str,
     normalized_box,
     pixel_box,
+    processed_or_raw,
     read_text,
     run_entry,
     seconds_range,
@@ -82,10 +82,7 @@ def _clip_record(index: FileIndex, clip_id: str, name: str, key: str,
         x0, y0, x1, y1 = tblr_box(entry.get("bbox"))
         normalised = max(x0, y0, x1, y1) <= 1
         box = normalized_box(x0, y0, x1, y1) if normalised else pixel_box(x0, y0, x1, y1)
-        processed = index.file(f"{name}.mp4")
-        raw = None if processed else index.file(f"{ytb_id}.mp4")
-        if processed is None and raw is None:
-            raise missing_video([f"{name}.mp4", f"{ytb_id}.mp4"], index)
+        video = processed_or_raw(index, name, ytb_id)
     except EntryProblem as problem:
         problem.identity_id, problem.source_video_id = f"yt:{ytb_id}", ytb_id
         raise
@@ -99,10 +96,10 @@ def _clip_record(index: FileIndex, clip_id: str, name: str, key: str,
     common = dict(source=SOURCE, clip_id=clip_id, original_clip_id=key,
                   identity_id=f"yt:{ytb_id}", source_video_id=ytb_id, license=LICENSE,
                   extra=extra)
-    if processed is not None:
-        return ClipRecord(video_path=processed, **common)
+    if not video.is_raw:
+        return ClipRecord(video_path=video.path, **common)
     return ClipRecord(
-        video_path=raw, is_raw=True,
+        video_path=video.path, is_raw=True,
         start_sec=timing["start_sec"], end_sec=timing["end_sec"],
         bbox_hint_normalized=box if normalised else None,
         bbox_hint=None if normalised else box, **common)

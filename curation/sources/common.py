@@ -312,9 +312,56 @@ def internal_error_record(source: str, original_id: str, error: Exception,
     )
 
 
-def missing_video(names: Iterable[str], index: FileIndex) -> EntryProblem:
-    messages = "; ".join(index.missing_message(name) for name in names)
-    return EntryProblem(Reason.VIDEO_MISSING, messages, status=Status.SKIPPED)
+def video_file(index: FileIndex, stem: str) -> str | None:
+    """The video called `<stem>.<ext>` for the first extension of VIDEO_EXTENSIONS present.
+
+    yt-dlp saves a download under the container its streams fit (`.mp4` for H.264 or AV1,
+    `.webm` or `.mkv` for VP9 or AV1), so a name from metadata is looked up under each; the
+    fixed order makes the choice the same on every run when several exist.
+    """
+    for extension in VIDEO_EXTENSIONS:
+        path = index.files.get(stem + extension)
+        if path is not None:
+            return path
+    return None
+
+
+def _missing_video_message(index: FileIndex, stem: str) -> str:
+    for extension in VIDEO_EXTENSIONS:
+        if stem + extension in index.outside_links:
+            return index.missing_message(stem + extension)
+    others = ", ".join(VIDEO_EXTENSIONS[1:])
+    return f"{stem}{VIDEO_EXTENSIONS[0]} (or {others}) not found under {index.root}"
+
+
+@dataclass(frozen=True)
+class ClipVideo:
+    """Where a clip's frames come from: its processed clip (used whole) or the raw video."""
+
+    path: str
+    is_raw: bool
+
+
+def processed_or_raw(index: FileIndex, processed: str, raw: str,
+                     processed_folder: bool = False) -> ClipVideo:
+    """The processed clip `<processed>.*` (or, with `processed_folder`, a folder of its frames),
+    else the raw download `<raw>.*`; raises a video_missing problem naming every name tried.
+
+    The one lookup every adapter with a processed-else-raw rule uses (CelebV-HQ, CelebV-Text,
+    TalkingHead-1KH, VFHQ), so each accepts every container a download may have.
+    """
+    clip = video_file(index, processed) or (index.image_dir(processed) if processed_folder
+                                            else None)
+    if clip is not None:
+        return ClipVideo(clip, is_raw=False)
+    source = video_file(index, raw)
+    if source is not None:
+        return ClipVideo(source, is_raw=True)
+    messages = [_missing_video_message(index, processed)]
+    if processed_folder:
+        messages.append(index.missing_message(f"{processed}/ (frames)"))
+    messages.append(_missing_video_message(index, raw))
+    raise EntryProblem(Reason.VIDEO_MISSING, "; ".join(messages), status=Status.SKIPPED)
 
 
 class EntryTable:

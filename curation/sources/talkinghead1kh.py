@@ -3,7 +3,7 @@
 Each tube line is `video_name,H,W,S,E,L,T,R,B`: a 1-minute chunk `<ytid>_%04d`, the chunk's
 size when annotated, an inclusive frame range and a pixel box. A tube is served by its
 processed clip `{video_name}_S{S}_E{E}_L{L}_T{T}_R{R}_B{B}.mp4` (used whole) or else by the raw
-chunk `<video_name>.mp4` with the frame range and the box divided by W, H. The same tube listed
+chunk `<video_name>.*` (`.mp4`, or another container it was saved in) with the frame range and the box divided by W, H. The same tube listed
 in several split files (or in both the folder and the zip) is one clip. Identity proxy: one
 person per YouTube video (`yt:<ytid>`); the zip is read in place, never extracted.
 """
@@ -23,8 +23,8 @@ from curation.sources.common import (
     FileIndex,
     integer_text,
     invalid,
-    missing_video,
     problem_record,
+    processed_or_raw,
     run_entry,
     scaled_box,
     unreadable_metadata,
@@ -176,10 +176,7 @@ def _clip_record(index: FileIndex, clip_id: str, tube: Tube, splits: list[str]) 
     try:
         box = scaled_box(tube.left, tube.top, tube.right, tube.bottom, tube.width, tube.height,
                          "tube box")
-        processed = index.file(f"{tube.clip_name}.mp4")
-        raw = None if processed else index.file(f"{tube.video_name}.mp4")
-        if processed is None and raw is None:
-            raise missing_video([f"{tube.clip_name}.mp4", f"{tube.video_name}.mp4"], index)
+        video = processed_or_raw(index, tube.clip_name, tube.video_name)
     except EntryProblem as problem:
         problem.identity_id, problem.source_video_id = f"yt:{ytid}", ytid
         raise
@@ -187,7 +184,7 @@ def _clip_record(index: FileIndex, clip_id: str, tube: Tube, splits: list[str]) 
              "annotated_size": [tube.width, tube.height]}
     common = dict(source=SOURCE, clip_id=clip_id, original_clip_id=tube.clip_name,
                   identity_id=f"yt:{ytid}", source_video_id=ytid, license=LICENSE, extra=extra)
-    if processed is not None:
-        return ClipRecord(video_path=processed, **common)
-    return ClipRecord(video_path=raw, is_raw=True, start_frame=tube.start,
+    if not video.is_raw:
+        return ClipRecord(video_path=video.path, **common)
+    return ClipRecord(video_path=video.path, is_raw=True, start_frame=tube.start,
                       end_frame=tube.end, bbox_hint_normalized=box, **common)

@@ -3,7 +3,7 @@
 Header lines `H <h>`, `W <w>`, `FPS <fps>` and `CROP x0 y0 x1 y1` (pixels in the source video)
 are read; per-frame lines (starting with a frame index) and anything else are ignored. The clip
 is served by `<clip name>.mp4`, or by a folder `<clip name>/` of frame images, used whole; else
-by the raw source video `<videoid>.mp4` with the frames the official extraction uses
+by the raw source video `<videoid>.*` (`.mp4`, `.webm`, `.mkv`, ...) with the frames the official extraction uses
 (start+1 .. end-1) and the crop box. Identity: (videoid, pid) names one person exactly.
 """
 
@@ -21,8 +21,8 @@ from curation.sources.common import (
     integer_text,
     invalid,
     is_utf8,
-    missing_video,
     pixel_box,
+    processed_or_raw,
     read_text,
     run_entry,
     scaled_box,
@@ -153,11 +153,7 @@ def _clip_record(index: FileIndex, clip_id: str, stem: str, header: Header) -> C
                 box_normalized = scaled_box(*header.crop, header.width, header.height, "CROP")
             else:
                 box_pixels = pixel_box(*header.crop, "CROP")
-        clip_video = index.file(f"{stem}.mp4") or index.image_dir(stem)
-        raw = None if clip_video else index.file(f"{name.video_id}.mp4")
-        if clip_video is None and raw is None:
-            raise missing_video([f"{stem}.mp4", f"{stem}/ (frames)", f"{name.video_id}.mp4"],
-                                index)
+        video = processed_or_raw(index, stem, name.video_id, processed_folder=True)
     except EntryProblem as problem:
         problem.identity_id, problem.source_video_id = identity_id, name.video_id
         raise
@@ -166,8 +162,8 @@ def _clip_record(index: FileIndex, clip_id: str, stem: str, header: Header) -> C
     common = dict(source=SOURCE, clip_id=clip_id, original_clip_id=stem,
                   identity_id=identity_id, source_video_id=name.video_id, license=LICENSE,
                   extra=extra)
-    if clip_video is not None:
-        return ClipRecord(video_path=clip_video, **common)
-    return ClipRecord(video_path=raw, is_raw=True,
+    if not video.is_raw:
+        return ClipRecord(video_path=video.path, **common)
+    return ClipRecord(video_path=video.path, is_raw=True,
                       start_frame=name.start + 1, end_frame=name.end - 1,
                       bbox_hint_normalized=box_normalized, bbox_hint=box_pixels, **common)
