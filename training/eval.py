@@ -64,6 +64,9 @@ def load_model(path: str, device: torch.device | str, prefer_ema: bool = True,
     return model.to(device).eval(), config
 
 
+FACEMESH_CONFIDENCE = 0.3   # generated faces are softer than video frames
+
+
 def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     """[M, 3, H, W] in [-1, 1] -> uint8 [M, H, W, 3]."""
     pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -71,48 +74,61 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
 
 
 class FaceScorer:
-    """ArcFace ID similarity and head-pose error of generated faces against real targets."""
+    """ArcFace ID similarity and head-pose error of generated faces against real targets.
 
-    def __init__(self, arcface_path: str = "", pose: bool = True):
-        from training import face_metrics as fm
-        self.fm = fm
-        self.arcface = fm.ArcFace(arcface_path) if arcface_path else None
-        self.mesh = None
+    Every face is measured by the build's own code (`mfhq_faces.measure.measure_face`: FaceMesh
+    around the face box the crop template implies, head pose, five points) and embedded by the
+    build's embedder (`mfhq_faces.embedders`), so the evaluation's "same person" and "same pose"
+    are the dataset's. `embedder` takes any `mfhq_faces.embedders` embedder instead of ArcFace.
+    """
+
+    def __init__(self, arcface_path: str = "", pose: bool = True, embedder=None):
+        from mfhq_faces.embedders import ArcFaceEmbedder
+
+        self.embedder = embedder or (ArcFaceEmbedder(arcface_path) if arcface_path else None)
+        self.landmarker = None
         self.note = ""
-        if pose or self.arcface is not None:
+        if pose or self.embedder is not None:
             try:
-                self.mesh = fm.FaceMesh()
-            except ImportError as exc:  # pose needs it; alignment falls back to the records
-                self.note = str(exc)
-        self.pose = pose and self.mesh is not None
+                from mfhq_faces.landmarks import FaceMeshLandmarker
 
-    def points(self, image: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        mesh = self.mesh.landmarks(image) if self.mesh is not None else None
-        return mesh, (self.fm.five_points(mesh) if mesh is not None else None)
+                self.landmarker = FaceMeshLandmarker(min_confidence=FACEMESH_CONFIDENCE)
+            except ImportError as exc:  # pose needs it; alignment falls back to the records
+                self.note = f"pose error and landmark alignment need mediapipe ({exc})"
+        self.pose = pose and self.landmarker is not None
+
+    def measure(self, image: np.ndarray):
+        """The face geometry of one aligned uint8 [S, S, 3] crop, or None."""
+        from mfhq_faces.measure import aligned_face_box, measure_face
+
+        if self.landmarker is None:
+            return None
+        side = image.shape[0]
+        return measure_face(image, aligned_face_box(side), self.landmarker, side)
 
     def score(self, generated: np.ndarray, real: np.ndarray, record_points: np.ndarray) -> dict:
         """uint8 [M, H, W, 3] generated and real faces; record landmarks [M, 5, 2] in [0, 1]."""
-        fm, side = self.fm, real.shape[1]
-        default = fm.ARCFACE_TEMPLATE / 112.0 * side   # the crop taken as aligned already
+        from mfhq_faces.align import ALIGN_TEMPLATE, usable_points
+        from mfhq_faces.measure import pose_error
+
+        side = real.shape[1]
+        default = ALIGN_TEMPLATE * side   # the crop taken as aligned already
         sims, errors, fallbacks = [], [], 0
         for gen, tgt, rec in zip(generated, real, record_points, strict=True):
-            mesh_t, pts_t = self.points(tgt)
-            mesh_g, pts_g = self.points(gen)
+            found_t, found_g = self.measure(tgt), self.measure(gen)
+            pts_t = found_t.points5 if found_t is not None else None
+            pts_g = found_g.points5 if found_g is not None else None
             if pts_t is None:
                 fallbacks += 1
-                pts_t = rec * side if fm.usable_points(rec * side, side) else default
+                pts_t = rec * side if usable_points(rec * side, side) else default
             if pts_g is None:  # generated in the target's pose: its landmarks are the best guess
                 fallbacks += 1
                 pts_g = pts_t
-            if self.arcface is not None:
-                a = self.arcface.embed(fm.align(gen, pts_g)[None])
-                b = self.arcface.embed(fm.align(tgt, pts_t)[None])
-                sims.append(float((a * b).sum()))
-            if self.pose and mesh_t is not None and mesh_g is not None:
-                pose_t = fm.head_pose(mesh_t, side, side)
-                pose_g = fm.head_pose(mesh_g, side, side)
-                if pose_t is not None and pose_g is not None:
-                    errors.append(fm.pose_error(pose_g, pose_t))
+            if self.embedder is not None:
+                a, b = self.embedder.embed([gen, tgt], [pts_g, pts_t])
+                sims.append(float(a @ b))
+            if self.pose and found_t is not None and found_g is not None:
+                errors.append(pose_error(found_g.pose, found_t.pose))
         return {"sims": sims, "errors": errors, "fallbacks": fallbacks}
 
 

@@ -1,0 +1,51 @@
+"""The on-disk build: every file name, the one atomic writer, the one hash, the readers.
+
+The build, `verify`, `report` and `takedown` all read and write a build folder through this
+package (imported as `from curation import build_folder as bf`), whose rooms are:
+
+    layout   file and folder names, `BuildFolder` paths, which shard a part belongs to
+    files    the atomic writers, sha256 of a file, JSON records
+    tables   manifest parts and whole manifests, the shards table, outcome counts
+    tars     shard tars read as bytes
+"""
+
+from curation.build_folder.files import (
+    atomic_write,
+    file_sha256,
+    file_sha256_or_none,
+    fsync_dir,
+    read_json,
+    remove_stale_temporaries,
+    staged_path,
+    write_parquet_atomic,
+)
+from curation.build_folder.layout import (
+    INFLIGHT_DIR,
+    LOGS_DIR,
+    PLAN_FILE,
+    RUN_FILE,
+    SHARDS_TABLE,
+    BuildFolder,
+    BuildFolders,
+    require_manifests,
+    shard_of_part,
+)
+from curation.build_folder.tables import (
+    count_outcomes,
+    outcome_counts,
+    read_manifest,
+    read_manifest_table,
+    read_part,
+    write_shard_parts,
+    write_shards_table,
+)
+from curation.build_folder.tars import TarMember, count_samples, iter_tar, read_samples
+
+__all__ = [
+    "INFLIGHT_DIR", "LOGS_DIR", "PLAN_FILE", "RUN_FILE", "SHARDS_TABLE", "BuildFolder",
+    "BuildFolders", "TarMember", "atomic_write", "count_outcomes", "count_samples",
+    "file_sha256", "file_sha256_or_none", "fsync_dir", "iter_tar", "outcome_counts",
+    "read_json", "read_manifest", "read_manifest_table", "read_part", "read_samples",
+    "remove_stale_temporaries", "require_manifests", "shard_of_part", "staged_path",
+    "write_parquet_atomic", "write_shard_parts", "write_shards_table",
+]

@@ -1,0 +1,102 @@
+"""Files of a build: the one atomic writer, the one hash, JSON records.
+
+Writers go through `atomic_write`/`write_parquet_atomic`: a hidden temporary file in the target
+folder, fsynced, renamed into place, the folder fsynced; readers skip hidden files, so no reader
+ever sees a partial file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _temporary(path: Path) -> Path:
+    # Hidden (dataset readers skip it) and per process (two writers never share one).
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write bytes (or UTF-8 text) to `path` so that readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """A Parquet file written like `atomic_write` (zstd)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    pq.write_table(table, tmp, compression="zstd")
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def staged_path(final: Path) -> Path:
+    """Where a file is written before `commit` renames it to `final` (the tar writer's stage)."""
+    return _temporary(final)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete leftover '.<name>.tmp' files of killed writers in a folder; returns how many."""
+    removed = 0
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read in chunks (the one hash of the project's files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256_or_none(path: str | os.PathLike | None) -> str | None:
+    try:
+        return file_sha256(Path(path)) if path else None
+    except OSError:
+        return None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file (plan.json, run.json); raises OSError or ValueError as they come."""
+    value = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return value

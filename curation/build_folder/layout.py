@@ -1,0 +1,101 @@
+"""The build folder's layout: every file and folder name, and the paths of one build.
+
+    shards/<split>/mfhq-<split>-NNNNNN.tar   WebDataset shards (mfhq_contract)
+    manifests/clips|faces|identities/part-<split>-NNNNNN.parquet   one part per shard
+    manifests/clips/part-enumeration.parquet clips rejected before analysis
+    manifests/shards.parquet                 one row per written shard
+    manifests/plan.json, run.json            the plan (with the config hash) and the run record
+    manifests/takedowns.parquet              salted hashes of removed ids (curation.takedowns)
+    manifests/.inflight/                     which clip each builder is on (hidden, transient)
+    logs/                                    third-party output of every process (not an output)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from curation import manifests
+from curation.errors import BuildFolderError
+from mfhq_contract import SPLITS, shard_name
+
+PLAN_FILE = "plan.json"
+RUN_FILE = "run.json"
+SHARDS_TABLE = "shards.parquet"
+INFLIGHT_DIR = ".inflight"
+LOGS_DIR = "logs"
+
+
+class BuildFolders:
+    """The folders of a build named by `output`: OUTPUT/shards, OUTPUT/manifests, OUTPUT/logs,
+    or ./shards, ./manifests, ./logs when `output` is empty. A mixin of every config that works
+    on a build folder (build, verify, report, takedown)."""
+
+    output: str | None
+
+    @property
+    def shards_dir(self) -> Path:
+        return Path(self.output) / "shards" if self.output else Path("shards")
+
+    @property
+    def manifests_dir(self) -> Path:
+        return Path(self.output) / "manifests" if self.output else Path("manifests")
+
+    @property
+    def logs_dir(self) -> Path:
+        return Path(self.output) / LOGS_DIR if self.output else Path(LOGS_DIR)
+
+
+@dataclass(frozen=True)
+class BuildFolder(BuildFolders):
+    """A build folder with absolute paths (what Ray workers on other nodes are handed)."""
+
+    output: str | None
+
+    @classmethod
+    def of(cls, folders: BuildFolders) -> BuildFolder:
+        return cls(str(Path(folders.output or ".").resolve()))
+
+    @property
+    def plan_path(self) -> Path:
+        return self.manifests_dir / PLAN_FILE
+
+    @property
+    def run_path(self) -> Path:
+        return self.manifests_dir / RUN_FILE
+
+    @property
+    def shards_table_path(self) -> Path:
+        return self.manifests_dir / SHARDS_TABLE
+
+    @property
+    def enumeration_part(self) -> Path:
+        return self.manifests_dir / "clips" / manifests.ENUMERATION_PART
+
+    def tar_path(self, shard: str) -> Path:
+        return self.shards_dir / shard
+
+    def part_paths(self, shard: str) -> dict[str, Path]:
+        return manifests.part_paths(self.manifests_dir, shard)
+
+    def inflight_marker(self, shard: str) -> Path:
+        return self.manifests_dir / INFLIGHT_DIR / manifests.part_name(shard).replace(
+            ".parquet", ".json")
+
+
+def shard_of_part(part: Path) -> str | None:
+    """'part-train-000003.parquet' -> 'train/mfhq-train-000003.tar' (None for other files)."""
+    stem = part.name.removeprefix("part-").removesuffix(".parquet")
+    split, _, index = stem.partition("-")
+    if split not in SPLITS or not index.isdigit():
+        return None
+    return shard_name(split, int(index))
+
+
+def require_manifests(folders: BuildFolders) -> Path:
+    """The manifests folder of a finished build, or BuildFolderError saying what to pass."""
+    if not folders.manifests_dir.is_dir():
+        raise BuildFolderError(
+            f"no manifests folder at {folders.manifests_dir}: pass the build's --output folder "
+            "(the one holding manifests/ and shards/)")
+    return folders.manifests_dir
