@@ -179,9 +179,26 @@ def _run(paths: DemoPaths, ns: argparse.Namespace) -> int:
         return 1
     if ns.train_steps > 0 and run_demo_training(paths, ns.train_steps) != 0:
         return 1
-    print(f"[demo] done: shards {paths.shards}, manifests {paths.manifests}, "
-          f"checkpoints {paths.workdir / 'omni-id'}", flush=True)
+    print(next_steps(paths), flush=True)
     return 0
+
+
+def next_steps(paths: DemoPaths) -> str:
+    """The demo's last lines: what it made, what to open, what to run next."""
+    out = paths.output
+    train = shard_pattern(paths.shards, "train") or str(paths.shards / "train")
+    saved = sorted((paths.workdir / "omni-id").glob("checkpoint-*.pt"))
+    checkpoint = saved[-1] if saved else paths.workdir / "omni-id" / "checkpoint-<step>.pt"
+    return "\n".join([
+        "[demo] done.",
+        f"  open     {out / 'report.html'}   (counts, poses, quality, contact sheets)",
+        f"  shards   {paths.shards}   manifests {paths.manifests}",
+        "  next     mfhq verify --output " + str(out) + "      (shards against manifests)",
+        f"           mfhq eval --checkpoint {checkpoint} --shards "
+        f"'{shard_pattern(paths.shards, 'test') or train}'",
+        "           mfhq build --source celebvhq=/data/celebvhq ... --output /data/mfhq   "
+        "(your own data; mfhq build --help)",
+    ])
 
 
 if __name__ == "__main__":
