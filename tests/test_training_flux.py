@@ -169,3 +169,42 @@ def test_the_memory_estimate_of_a_joint_flux_step_counts_frozen_weights_without_
     assert 0 <= row["Gradient"] <= row["trainable_M"] * 1e6 * 4 / 2**30
     assert row["Activation"] > 0 and row["Optstate"] > 0
     assert row["Total"] >= row["Parameter"] + row["Optstate"] + row["Activation"]
+
+
+def test_ddp_wraps_only_what_trains_and_gives_the_same_loss(flux_dir):
+    """The frozen FLUX base is neither broadcast at start nor in DDP's gradient buckets (a
+    one-process gloo group: the real DistributedDataParallel), and the wrapped model's loss
+    and gradients are the unwrapped model's."""
+    import socket
+
+    from training.train import wrap_trainable
+
+    torch.manual_seed(0)
+    config = flux_config(flux_dir, Stage.JOINT)
+    model = OmniID(config)
+    reference = OmniID(config)
+    reference.load_state_dict(model.state_dict())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                         rank=0, world_size=1)
+    try:
+        wrapped = wrap_trainable(model, torch.device("cpu"), config)
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        assert frozen and frozen <= set(wrapped.parameters_to_ignore)
+        bucketed = {id(p) for p in wrapped._module_parameters}
+        assert bucketed == {id(p) for p in model.parameters() if p.requires_grad}
+        phase = phase_at(config, 10**6)
+        torch.manual_seed(1)
+        loss = wrapped(*batch(), phase=phase)["loss"]
+        loss.backward()
+    finally:
+        torch.distributed.destroy_process_group()
+    torch.manual_seed(1)
+    expected = reference(*batch(), phase=phase)["loss"]
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        if p.requires_grad and q.grad is not None:
+            assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
