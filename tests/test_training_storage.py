@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 pytest.importorskip("s3fs")
 
 
-def test_checkpoints_on_s3_are_listed_loaded_and_pruned_like_local_ones(s3_server, tmp_path):
+def test_checkpoints_on_s3_are_listed_loaded_and_pruned_like_local_ones(s3_server, tmp_path):  # noqa: F811 (the fixture)
     bucket = s3_server.bucket("ckpt-unit")
     out = f"s3://{bucket}/run"
     assert ckpt.list_checkpoints(out) == [] and ckpt.load_latest(out) is None
@@ -37,7 +37,7 @@ def test_checkpoints_on_s3_are_listed_loaded_and_pruned_like_local_ones(s3_serve
         ckpt.load(f"s3://{bucket}/run/checkpoint-00000009.pt")
 
 
-def test_a_killed_upload_leaves_no_object_and_the_previous_checkpoint(s3_server):
+def test_a_killed_upload_leaves_no_object_and_the_previous_checkpoint(s3_server):  # noqa: F811 (the fixture)
     bucket = s3_server.bucket("ckpt-kill")
     run = storage.RunDir(f"s3://{bucket}/run")
     run.write_bytes("checkpoint-00000001.pt", b"first")
@@ -52,7 +52,7 @@ def test_a_killed_upload_leaves_no_object_and_the_previous_checkpoint(s3_server)
 
 
 @pytest.mark.slow
-def test_trainer_streams_s3_brace_shards_and_resumes_from_an_s3_checkpoint(s3_server, tmp_path):
+def test_trainer_streams_s3_brace_shards_and_resumes_from_an_s3_checkpoint(s3_server, tmp_path):  # noqa: F811 (the fixture)
     bucket = s3_server.bucket("mfhq")
     local = write_shards(tmp_path / "shards", per_shard=2, size=32)   # 4 shards
     for path in local:
