@@ -62,6 +62,8 @@ CLIPS_SCHEMA = _schema("clips", [
     pa.field("height", pa.int64()),
     pa.field("fps", pa.float64()),
     pa.field("num_frames", pa.int64()),
+    pa.field("codec", pa.string()),                         # video codec (h264, av1, vp9, ...)
+    pa.field("decoder", pa.string()),                       # decord | pyav | pillow
     pa.field("n_faces", pa.int64()),                        # faces recorded for this clip
     pa.field("n_candidates", pa.int64()),                   # of which usable candidates
     pa.field("analysis_seconds", pa.float64()),

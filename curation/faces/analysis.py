@@ -133,6 +133,8 @@ class ClipAnalysis:
     fps: float
     num_frames: int
     candidates: list[FaceCandidate]            # every face considered (incl. rejected)
+    codec: str | None = None                   # the video stream's codec (VideoInfo.codec)
+    decoder: str | None = None                 # what read it: decord, pyav or pillow
 
     @property
     def usable(self) -> list[FaceCandidate]:
@@ -215,6 +217,7 @@ class FaceAnalyzer:
                 info = source.info
                 result.width, result.height = info.width, info.height
                 result.fps, result.num_frames = info.fps, info.num_frames
+                result.codec, result.decoder = info.codec, info.decoder
                 self._analyze_source(clip, source, result)
         except DecodeError as error:
             status = Status.SKIPPED if error.reason == Reason.RANGE_EMPTY else Status.FAILED
@@ -243,7 +246,7 @@ class FaceAnalyzer:
                                   clip.end_frame)
         hint = resolve_hint(clip, info)
         indices = sample_indices(first, last, info.fps, self.config.sample_fps,
-                                 self.config.max_frames_per_clip)
+                                 self.config.max_frames_per_clip, times=info.frame_times)
         per_frame: list[list[Detection]] = []
         faces: list[list[FaceCandidate]] = []
         failed_frames = 0
@@ -259,8 +262,8 @@ class FaceAnalyzer:
                 result.frames_decoded += 1
                 detections = self._detect(frame)
                 per_frame.append(detections)
-                faces.append(self._analyze_frame(clip, index, info.fps, frame, detections,
-                                                 hint))
+                faces.append(self._analyze_frame(clip, index, info.time_of(index), frame,
+                                                 detections, hint))
         if result.frames_decoded == 0:
             raise DecodeError(Reason.VIDEO_DECODE_ERROR,
                               f"none of the {len(indices)} sampled frames could be decoded")
@@ -311,7 +314,7 @@ class FaceAnalyzer:
                           None if d.keypoints5 is None else d.keypoints5 / scale)
                 for d in detections]
 
-    def _analyze_frame(self, clip: ClipRecord, index: int, fps: float, frame: np.ndarray,
+    def _analyze_frame(self, clip: ClipRecord, index: int, time_sec: float, frame: np.ndarray,
                        detections: list[Detection], hint: Box | None) -> list[FaceCandidate]:
         """A FaceCandidate per detection; only plausible target faces get landmarks and crops."""
         hinted = select_target([detections], hint)[0] if hint is not None else None
@@ -320,7 +323,7 @@ class FaceAnalyzer:
             by_size[:self.config.max_faces_per_frame])
         faces = []
         for i, det in enumerate(detections):
-            face = FaceCandidate(clip.clip_id, index, index / fps, det.bbox, det.score,
+            face = FaceCandidate(clip.clip_id, index, time_sec, det.bbox, det.score,
                                  REGION_PER_BOX * face_size(det.bbox), CANDIDATE, None)
             if MAX_REGION_PER_BOX * face_size(det.bbox) < self.config.min_face_size:
                 face.reject(Reason.FACE_TOO_SMALL)

@@ -95,6 +95,8 @@ class ClipOutcome:
     fps: float | None = None
     num_frames: int | None = None
     node: str | None = None                 # the Ray node that analysed it
+    codec: str | None = None                # the video stream's codec, as ffmpeg names it
+    decoder: str | None = None              # decord, pyav or pillow (frame folders)
 
     @classmethod
     def failed(cls, reason: Reason, message: str, seconds: float = 0.0) -> ClipOutcome:
@@ -160,7 +162,8 @@ def _outcome_of(analysis: ClipAnalysis, seconds: float) -> ClipOutcome:
     return ClipOutcome(str(analysis.status), analysis.reason, analysis.message or "", seconds,
                        frames_decoded=number(analysis.frames_decoded, int),
                        width=number(analysis.width, int), height=number(analysis.height, int),
-                       fps=number(analysis.fps, float), num_frames=number(analysis.num_frames, int))
+                       fps=number(analysis.fps, float), num_frames=number(analysis.num_frames, int),
+                       codec=analysis.codec, decoder=analysis.decoder)
 
 
 # --- the work file ------------------------------------------------------------------------------

@@ -260,7 +260,8 @@ def _clip_row(clip: ClipRecord, outcome: ClipOutcome, ident: IdentityPlan, shard
                n_faces=n_faces, n_candidates=n_candidates,
                analysis_seconds=round(outcome.seconds, 3), split=ident.split, shard=shard,
                frames_decoded=outcome.frames_decoded, width=outcome.width,
-               height=outcome.height, fps=_float(outcome.fps), num_frames=outcome.num_frames)
+               height=outcome.height, fps=_float(outcome.fps), num_frames=outcome.num_frames,
+               codec=outcome.codec, decoder=outcome.decoder)
     return row
 
 
