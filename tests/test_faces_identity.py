@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from _faces_helpers import face_image
 
-from curation.stand_in_models import write_arcface_stand_in, write_scrfd_stand_in
 from mfhq_faces.embedders import ArcFaceEmbedder
+from mfhq_faces.stand_ins import write_arcface_stand_in, write_scrfd_stand_in
 
 
 def test_stand_in_is_routed_to_arcface_and_gives_unit_embeddings(tmp_path):

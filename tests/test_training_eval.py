@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mfhq_faces.stand_ins import write_arcface_stand_in
 from training.blocks import patchify
 from training.config import Stage, tiny
 from training.eval import Evaluator, FaceScorer
 from training.model import OmniID
-from training.stand_ins import write_arcface_stand_in
 
 torch.set_num_threads(1)
 

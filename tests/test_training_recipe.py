@@ -14,9 +14,9 @@ import torch
 
 from training import synthetic
 from training.eval import main as eval_main
+from mfhq_faces.stand_ins import write_arcface_stand_in
 from training.stand_ins import (
     TINY_FLUX,
-    write_arcface_stand_in,
     write_prompt_stand_in,
     write_tiny_flux,
 )

@@ -8,9 +8,7 @@ be downloaded on our machines; the loading code under test is the real one).
   (the GPU check's reduced-depth FLUX at the real widths). The tokenizers are word-level fast
   tokenizers over the prompt's words (the released ones are BPE / SentencePiece files;
   AutoTokenizer loads either).
-- `write_arcface_stand_in(path)`: an ONNX with ArcFace's signature, (batch, 3, 112, 112) ->
-  (batch, 512), a strided convolution and a linear layer (as insightface's w600k_r50.onnx is
-  read: input `input.1`, one output).
+- ArcFace's stand-in ONNX is the face toolkit's (`mfhq_faces.stand_ins.write_arcface_stand_in`).
 - `open_clip_vit_layout(...)`: names and shapes of an open_clip CLIP ViT checkpoint, written
   from open_clip's own module names (`visual.conv1`, `visual.class_embedding`,
   `visual.transformer.resblocks.N.attn.in_proj_weight`, `visual.proj`, ... and the text tower's
@@ -124,44 +122,6 @@ def write_prompt_stand_in(path: Path, size: FluxSize, tokens: int = T5_TOKENS) -
 
     save_file(stand_in_prompt(size, tokens), str(path), metadata={"prompt": "stand-in"})
     return path
-
-
-ARCFACE_DIM = 512
-
-
-def write_arcface_stand_in(path: Path, seed: int = 0) -> Path:
-    """A tiny ONNX with ArcFace's signature: (batch, 3, 112, 112) -> (batch, 512)."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    channels, stride = 8, 16
-    cells = channels * (112 // stride) ** 2
-    weights = [
-        numpy_helper.from_array((rng.standard_normal((channels, 3, stride, stride)) * 0.05)
-                                .astype(np.float32), "conv_w"),
-        numpy_helper.from_array((rng.standard_normal((cells, ARCFACE_DIM)) * 0.05)
-                                .astype(np.float32), "fc_w"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["input.1", "conv_w"], ["conv"], kernel_shape=[stride, stride],
-                         strides=[stride, stride]),
-        helper.make_node("Relu", ["conv"], ["relu"]),
-        helper.make_node("Flatten", ["relu"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "fc_w"], ["embedding"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "arcface_stand_in",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [None, 3, 112, 112])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [None, ARCFACE_DIM])],
-        weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8   # readable by older onnxruntime builds too
-    onnx.checker.check_model(model)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return Path(path)
 
 
 def open_clip_vit_layout(width: int = 1280, layers: int = 32, patch: int = 14,
