@@ -28,6 +28,7 @@ from training.config import (
     Stage,
     TrainConfig,
 )
+from training.errors import InputError
 from training.flow import ConditionalFlowDecoder, DiTFlowDecoder
 from training.mtd import MaskedTransformerDecoder
 
@@ -96,17 +97,25 @@ class MissingWeightsError(FileNotFoundError):
     pass
 
 
+class WeightLayoutError(InputError):
+    pass
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a `.safetensors` file (timm's hub format) or a torch file (open_clip's
     `open_clip_pytorch_model.bin`, a `torch.save`d state dict), read without unpickling
     arbitrary objects."""
     path = Path(path)
+    if path.is_dir():
+        path = weight_file(path)
     if not path.is_file():
         raise MissingWeightsError(
             f"backbone weight file not found: {path}. Put the CLIP ViT-H/14 weights there: "
             f"timm's `vit_huge_patch14_clip_224.laion2b` model.safetensors, or open_clip's "
             f"ViT-H-14 laion2b_s32b_b79k open_clip_pytorch_model.bin (its `visual.*` keys are "
-            f"converted), or pass --backbone-weights PATH; --backbone-weights '' only for a "
+            f"converted), or Hugging Face's laion/CLIP-ViT-H-14-laion2B-s32B-b79K "
+            f"model.safetensors (its `vision_model.*` keys are converted; the folder works "
+            f"too), or pass --backbone-weights PATH; --backbone-weights '' only for a "
             f"random init (benchmarks).")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -116,6 +125,84 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
     return state
+
+
+WEIGHT_LAYOUTS = (
+    "timm `vit_huge_patch14_clip_224.laion2b` model.safetensors (or any state dict of the timm "
+    "model)",
+    "open_clip ViT-H-14 laion2b_s32b_b79k open_clip_pytorch_model.bin (`visual.*` keys)",
+    "Hugging Face transformers CLIP (laion/CLIP-ViT-H-14-laion2B-s32B-b79K model.safetensors or "
+    "its folder: `vision_model.*` keys)",
+)
+# file names looked for when --backbone-weights is a folder (a downloaded repository)
+WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors",
+                "open_clip_pytorch_model.bin", "pytorch_model.bin")
+HF_PREFIX = "vision_model."
+
+
+# a bare CLIPVisionModel as transformers 5 saves it: the vision tower's keys without the prefix
+HF_BARE_ROOTS = ("embeddings.", "encoder.layers.", "pre_layrnorm.", "post_layernorm.")
+
+
+def is_hf_clip_vision(state: dict) -> bool:
+    return (any(k.startswith(HF_PREFIX) for k in state)
+            or HF_BARE_ROOTS[0] + "patch_embedding.weight" in state)
+
+
+def _with_hf_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if any(k.startswith(HF_PREFIX) for k in state):
+        return state
+    return {(HF_PREFIX + k if k.startswith(HF_BARE_ROOTS) else k): v for k, v in state.items()}
+
+
+def hf_clip_vision_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face transformers `CLIPVisionModel` / `CLIPModel` keys -> timm's CLIP ViT keys
+    (`vit_*_clip_*`: class token, pre-norm, fused qkv). The text tower, the projections and
+    the position-id buffer have no place in the image backbone and are dropped. Keys with
+    (`CLIPModel`, transformers 4 `CLIPVisionModel`) or without (transformers 5
+    `CLIPVisionModel`) the `vision_model.` prefix."""
+    state = _with_hf_prefix(state)
+    out: dict[str, torch.Tensor] = {}
+    emb, enc = HF_PREFIX + "embeddings.", HF_PREFIX + "encoder.layers."
+    simple = {emb + "patch_embedding.weight": "patch_embed.proj.weight",
+              HF_PREFIX + "pre_layrnorm.weight": "norm_pre.weight",
+              HF_PREFIX + "pre_layrnorm.bias": "norm_pre.bias",
+              HF_PREFIX + "post_layernorm.weight": "norm.weight",
+              HF_PREFIX + "post_layernorm.bias": "norm.bias"}
+    per_block = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.proj",
+                 "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if not key.startswith(HF_PREFIX):
+            continue
+        if key in simple:
+            out[simple[key]] = value
+        elif key == emb + "class_embedding":
+            out["cls_token"] = value.reshape(1, 1, -1)
+        elif key == emb + "position_embedding.weight":
+            out["pos_embed"] = value.unsqueeze(0)
+        elif key.startswith(enc):
+            index, rest = key[len(enc):].split(".", 1)
+            module, kind = rest.rsplit(".", 1)            # e.g. "self_attn.q_proj", "weight"
+            if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                qkv.setdefault((int(index), kind), {})[module[-6]] = value
+            elif module in per_block:
+                out[f"blocks.{index}.{per_block[module]}.{kind}"] = value
+    for (index, kind), parts in qkv.items():
+        out[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def weight_file(path: Path) -> Path:
+    """The weight file of `path`: itself, or the known file inside a downloaded folder."""
+    if path.is_dir():
+        for name in WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise MissingWeightsError(
+            f"no backbone weight file in folder {path} (looked for {', '.join(WEIGHT_FILES)}). "
+            f"Expected one of: " + "; ".join(WEIGHT_LAYOUTS))
+    return path
 
 
 class TimmViT(Backbone):
@@ -133,13 +220,22 @@ class TimmViT(Backbone):
         if config.weights:
             # The filter converts OpenAI/open_clip layouts and resamples position embeddings to
             # this image size; a classifier head in the file has no place in a num_classes=0 model.
-            state = checkpoint_filter_fn(load_state_dict_file(config.weights), model)
+            state = load_state_dict_file(config.weights)
+            if is_hf_clip_vision(state):
+                state = hf_clip_vision_to_timm(state)
+            state = checkpoint_filter_fn(state, model)
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
-            missing, unexpected = model.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = model.load_state_dict(state, strict=False)
+            except RuntimeError as exc:  # shapes: another model size in a known layout
+                raise WeightLayoutError(
+                    f"{config.weights} does not fit timm model {config.timm_name} ({exc}). "
+                    f"Expected one of: " + "; ".join(WEIGHT_LAYOUTS)) from None
             if missing or unexpected:
-                raise ValueError(
+                raise WeightLayoutError(
                     f"{config.weights} does not fit timm model {config.timm_name}: "
-                    f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+                    f"missing {missing[:5]}, unexpected {unexpected[:5]}. Expected one of: "
+                    + "; ".join(WEIGHT_LAYOUTS))
         if config.grad_checkpointing:
             model.set_grad_checkpointing(True)
         self.model = model
