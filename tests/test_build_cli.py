@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation.pipeline.config import BuildConfig, build_parser, parse_args
 from curation.build_folder import BuildFolder
+from curation.pipeline.config import BuildConfig, build_parser, parse_args
 from curation.records import ClipRecord, Reason
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,15 +113,17 @@ def test_a_clip_that_raises_is_recorded_and_the_next_clip_gets_a_fresh_analyzer(
     from curation.pipeline import analyze
 
     config, folder = _small_config(tmp_path), BuildFolder(str(tmp_path))
-    analyze.load_models(config)
+    analyze.load_models(config.analysis, config.identity)
     (key,) = analyze._ANALYZERS
     analyze._ANALYZERS[key] = _ExplodingAnalyzer()
-    outcome = analyze.analyze_clip(config, folder, "train/mfhq-train-000000.tar", _clip())
+    outcome = analyze.analyze_clip(config.analysis, config.identity, folder,
+                                   "train/mfhq-train-000000.tar", _clip())
     assert outcome.status == "failed" and outcome.reason == Reason.INTERNAL_ERROR
     assert "decoder crashed on c" in outcome.message
     assert outcome.work is None and not list((tmp_path / "manifests").rglob("*.json"))
     # A real analyzer serves the next clip (a missing file is its own reason, not a crash).
-    nxt = analyze.analyze_clip(config, folder, "train/mfhq-train-000000.tar", _clip())
+    nxt = analyze.analyze_clip(config.analysis, config.identity, folder,
+                               "train/mfhq-train-000000.tar", _clip())
     assert nxt.status == "failed" and nxt.reason != Reason.INTERNAL_ERROR
     assert not isinstance(next(iter(analyze._ANALYZERS.values())), _ExplodingAnalyzer)
 
@@ -130,8 +132,8 @@ def test_a_clip_past_its_time_limit_is_cancelled_and_its_worker_stopped(tmp_path
     import ray
     from ray.exceptions import TaskCancelledError
 
-    from curation.pipeline import analyze
     from curation.executor import pool
+    from curation.pipeline import analyze
 
     def hang(seconds: float) -> str:      # defined here: pickled by value for the worker
         import time

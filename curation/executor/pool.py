@@ -1,27 +1,37 @@
-"""The Ray side of a build: start or join Ray, and stream the three stages over the cluster.
+"""The Ray side of a build: start or join Ray, and stream the stages over the cluster.
 
     init_ray(config)            an embedded local Ray, or the cluster at --ray-address
     run_shards(config, ...)     the staged pipeline over the unfinished shards:
 
       stage 1  analysis   one Ray task per clip (1 CPU each, any node): decode, detect,
                           landmarks, pose, align, crop -> the clip's work file
-      stage 2  quality    an actor pool (one actor per GPU, else a few CPU actors), models
-                          loaded once, large batches of the crops selection wants scored
-      stage 3  assembly   one Ray task per shard (1 CPU) once all its clips are analysed:
-                          cluster, score (stage 2), choose, write tar + parts, commit
+      stage 2  quality    an actor pool (one actor per GPU, else a few CPU actors that hold no
+                          CPU), models loaded once, fixed requests of the faces selection wants
+      stage 3  identity   one Ray task per identity (1 CPU) the moment its last clip is
+                          analysed: identity check, pose clusters, quality (stage 2), the
+                          choice of N, the encoded sample and the identity's manifest rows
+      stage 4  shard      one Ray task per shard (no CPU reserved: it only writes) once its
+                          identities are done: the samples in plan order, parts, commit
 
 Why Ray core tasks and actors rather than Ray Data: the unit of commit is a shard whose inputs
-are a known set of clips, and the output must be byte-identical whatever the scheduling; tasks
-with a per-shard barrier say that directly, give per-clip retries and time limits, and keep the
-driver's state to one small outcome per clip. Work streams: clips are submitted in plan order,
-at most `2 x cluster CPUs` at a time (backpressure), and a shard is assembled as soon as its
-last clip is analysed, so early shards are committed while later clips are still decoded.
+are a known set of identities, and the output must be byte-identical whatever the scheduling;
+tasks say that directly, give per-clip retries and time limits, and keep the driver's state to
+one small outcome per clip. Work streams: clips are submitted in plan order, at most
+`INFLIGHT_PER_CPU x cluster CPUs` at a time (backpressure, recomputed as nodes join and leave),
+an identity is selected as soon as its clips are analysed (so no shard-wide serial tail), and a
+shard is written as soon as its identities are done. Identity results travel to their shard
+task through Ray's object store, never through the driver.
+
+Every task and quality request reports its wall-clock span; `run.json` gets the build's
+timeline from them (busy time per stage, idle CPU-s over the working phase:
+`curation.pipeline.finalize.build_timeline`).
 
 Faults: a clip whose worker dies is retried (`ANALYSIS_MAX_RETRIES`); when it dies every time
 the clip is recorded `worker_crashed`. A clip that runs past its time limit (counted from when
 its worker started it, `--clip-time-limit` + grace) is cancelled and recorded `video_timeout`.
-An assembly task that fails is retried, then its shard is reported failed. Every wait has a
-time limit; nothing here waits forever. Workers send their library output to OUTPUT/logs/.
+An identity or shard task that fails is retried, then its shard is reported failed. Every wait
+has a time limit; nothing here waits forever. Workers send their library output to
+OUTPUT/logs/.
 """
 
 from __future__ import annotations
@@ -35,19 +45,19 @@ from pathlib import Path
 from typing import Any
 
 from curation import build_folder as bf
+from curation.errors import SchedulingError
 from curation.pipeline.analyze import ClipOutcome, clip_key, read_inflight
 from curation.pipeline.config import BuildConfig
 from curation.pipeline.plan import ShardSpec
 from curation.pipeline.shard import ShardResult
-from curation.errors import SchedulingError
 from curation.records import Reason
 
 ANALYSIS_MAX_RETRIES = 2
-ASSEMBLY_MAX_RETRIES = 2
+ASSEMBLY_MAX_RETRIES = 2        # identity and shard tasks
 TIMEOUT_GRACE_S = 30.0          # over the analyzer's own per-clip limit before a clip is killed
 POLL_S = 2.0                    # how often the driver looks at time limits and progress
 INFLIGHT_PER_CPU = 2            # analysis tasks in flight per cluster CPU (backpressure)
-ASSEMBLY_TIMEOUT_S = 6 * 3600.0  # one shard's assembly; past it the shard is reported failed
+ASSEMBLY_TIMEOUT_S = 6 * 3600.0  # one identity's or shard's task; past it the shard has failed
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -84,9 +94,9 @@ def _pythonpath() -> str:
 _QUIETED = False
 
 
-def _quiet_worker(config: BuildConfig, folder: bf.BuildFolder) -> None:
+def _quiet_worker(verbose: bool, folder: bf.BuildFolder) -> None:
     global _QUIETED
-    if not config.verbose and not _QUIETED:
+    if not verbose and not _QUIETED:
         from curation.quiet import send_process_output_to
 
         send_process_output_to(folder.logs_dir)
@@ -99,23 +109,50 @@ def _node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _analysis_task(config: BuildConfig, folder: bf.BuildFolder, shard: str, clip) -> ClipOutcome:
+def _analysis_task(analysis, identity, verbose: bool, folder: bf.BuildFolder, shard: str,
+                   clip) -> ClipOutcome:
     """Stage 1 in a Ray worker (models cached per worker process)."""
     from curation.pipeline.analyze import analyze_clip
 
-    _quiet_worker(config, folder)
-    outcome = analyze_clip(config, folder, shard, clip)
+    started = time.time()
+    _quiet_worker(verbose, folder)
+    outcome = analyze_clip(analysis, identity, folder, shard, clip)
     outcome.node = _node()
+    outcome.started_at, outcome.ended_at = started, time.time()
     return outcome
 
 
-def _assembly_task(config: BuildConfig, folder: bf.BuildFolder, spec: ShardSpec,
-                   outcomes: dict[str, ClipOutcome], pool) -> tuple[ShardResult, str]:
-    """Stage 3 in a Ray worker; scores through the quality pool (stage 2)."""
-    from curation.pipeline.shard import assemble_shard
+def _identity_task(settings: dict, verbose: bool, folder: bf.BuildFolder, shard: str, ident,
+                   outcomes: dict[str, ClipOutcome], client, first_request: int):
+    """Stage 3 in a Ray worker, scoring through the quality actors (stage 2). Two returns: a
+    small report for the driver (node, span, the spans it waited on the actors) and the
+    IdentityResult for the shard task (it stays in the object store)."""
+    from curation.pipeline.shard import select_identity
 
-    _quiet_worker(config, folder)
-    return assemble_shard(config, folder, spec, outcomes, pool.score), _node()
+    started = time.time()
+    _quiet_worker(verbose, folder)
+    waits: list[tuple[float, float]] = []
+
+    def score(crops, request_index):
+        asked = time.time()
+        try:
+            return client.score(crops, request_index)
+        finally:
+            waits.append((asked, time.time()))
+
+    result = select_identity(ident, shard, outcomes, score, first_request=first_request,
+                             **settings)
+    report = {"node": _node(), "started_at": started, "ended_at": time.time(), "waits": waits}
+    return report, result
+
+
+def _shard_task(folder: bf.BuildFolder, spec: ShardSpec, *results) -> tuple[ShardResult, dict]:
+    """Stage 4 in a Ray worker: write the shard from its identities' results (plan order)."""
+    from curation.pipeline.shard import write_shard
+
+    started = time.time()
+    result = write_shard(folder, spec, list(results))
+    return result, {"node": _node(), "started_at": started, "ended_at": time.time()}
 
 
 def _crashed(err: Exception) -> ClipOutcome:
@@ -130,7 +167,7 @@ class _Progress:
     """One bar over identities (a shard's identities count when it is committed), with clips
     analysed and shards written beside it; on the terminal even when library output is not."""
 
-    def __init__(self, config: BuildConfig, ids_done: int, ids_total: int, clips_total: int,
+    def __init__(self, enabled: bool, ids_done: int, ids_total: int, clips_total: int,
                  shards_done: int, shards_total: int):
         from tqdm import tqdm
 
@@ -139,7 +176,7 @@ class _Progress:
         self.clips, self.clips_total = 0, clips_total
         self.shards, self.shards_total = shards_done, shards_total
         self.bar = tqdm(total=ids_total, initial=ids_done, unit="id", file=terminal(),
-                        disable=not config.progress, desc="identities", dynamic_ncols=True)
+                        disable=not enabled, desc="identities", dynamic_ncols=True)
         self.show()
 
     def show(self) -> None:
@@ -161,83 +198,167 @@ class _Progress:
 
 @dataclass
 class PipelineRun:
-    """What the pipeline did: shards written, shards failed, where the work ran, notes."""
+    """What the pipeline did: shards written, shards failed, where the work ran, notes, and
+    the spans of every task and quality request (`finalize.Span`) with the CPUs they ran on."""
 
     results: list[ShardResult] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     placement: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    spans: list[tuple[str, float, float, bool]] = field(default_factory=list)
+    cpus: float = 0.0                  # cluster CPUs, averaged over the run
+
+
+def cluster_cpus() -> float:
+    """The CPUs of the cluster's live nodes now."""
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def analysis_inflight_limit(cpus: float) -> int:
+    """Analysis tasks kept in flight for a cluster of `cpus` CPUs: enough queued work for
+    every CPU (and for an autoscaler to see), never the whole plan at once."""
+    return max(2, int(INFLIGHT_PER_CPU * cpus))
+
+
+@dataclass
+class _IdentityState:
+    spec: ShardSpec
+    position: int                      # in the shard
+    ident: Any
+    remaining: int
+    outcomes: dict[str, ClipOutcome] = field(default_factory=dict)
 
 
 def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpec],
                identities_done: int, identities_total: int, shards_total: int,
-               timings: dict[str, float] | None = None) -> PipelineRun:
+               timings: dict[str, float] | None = None, pool=None) -> PipelineRun:
     """Build the given shards with the staged pipeline.
 
-    `timings["quality_ready"]` gets the seconds until the quality actors were placed and had
-    their model loaded; the run records which node analysed how many clips and assembled how
-    many shards (`placement`, written to run.json)."""
+    `pool`: quality actors already launched (`QualityPool.launch`, so that they load while the
+    driver plans), else launched here; analysis starts without waiting for them.
+    `timings["quality_ready"]` gets the seconds from their launch until they were ready; the
+    run records which node analysed how many clips, selected how many identities and wrote
+    how many shards (`placement`, written to run.json) and every task's span (`spans`)."""
     import ray
     from ray.exceptions import GetTimeoutError, RayError, TaskCancelledError
 
     from curation.executor.quality_pool import QualityPool
+    from curation.faces.quality import QualityModel
 
     run = PipelineRun()
     if not specs:
+        if pool is not None:
+            pool.close()
         return run
     timings = timings if timings is not None else {}
-    started = time.monotonic()
-    pool, run.notes = QualityPool.start(config, str(folder.logs_dir))
-    timings["quality_ready"] = time.monotonic() - started
+    if pool is None:
+        pool = QualityPool.launch(config.ray, config.quality,
+                                  None if config.verbose else str(folder.logs_dir))
     analysis = ray.remote(_analysis_task).options(
         num_cpus=1, max_retries=ANALYSIS_MAX_RETRIES, retry_exceptions=False)
-    assembly = ray.remote(_assembly_task).options(num_cpus=1, max_retries=ASSEMBLY_MAX_RETRIES)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    max_inflight = max(2, INFLIGHT_PER_CPU * cpus)
+    select = ray.remote(_identity_task).options(num_cpus=1, num_returns=2,
+                                                max_retries=ASSEMBLY_MAX_RETRIES)
+    # Writing a shard is short I/O: reserving a CPU would leave one idle beside it.
+    write = ray.remote(_shard_task).options(num_cpus=0, max_retries=ASSEMBLY_MAX_RETRIES)
+    settings = {"selection": config.selection, "identity": config.identity,
+                "crop_size": config.analysis.crop_size,
+                "quality_model": QualityModel(config.quality.model).value}
     limit_s = config.analysis.clip_time_limit_s + TIMEOUT_GRACE_S
+    cpus = cluster_cpus()
+    cpu_samples = [(time.time(), cpus)]
 
-    queue = collections.deque((spec, clip) for spec in specs for ident in spec.identities
-                              for clip in ident.clips)
-    remaining = {spec.name: sum(len(i.clips) for i in spec.identities) for spec in specs}
-    outcomes: dict[str, dict[str, ClipOutcome]] = {spec.name: {} for spec in specs}
-    by_name = {spec.name: spec for spec in specs}
-    clip_refs: dict[Any, tuple[ShardSpec, Any]] = {}
+    identities: list[_IdentityState] = []
+    queue: collections.deque = collections.deque()
+    for spec in specs:
+        for position, ident in enumerate(spec.identities):
+            state = _IdentityState(spec, position, ident, len(ident.clips))
+            identities.append(state)
+            queue.extend((state, clip) for clip in ident.clips)
+    left = {spec.name: len(spec.identities) for spec in specs}
+    results: dict[str, list] = {spec.name: [None] * len(spec.identities) for spec in specs}
+    failed_shards: set[str] = set()
+    clip_refs: dict[Any, tuple[_IdentityState, Any]] = {}
+    ident_refs: dict[Any, tuple[_IdentityState, float]] = {}
     shard_refs: dict[Any, tuple[ShardSpec, float]] = {}
-    placement: dict[str, collections.Counter] = {"analysis": collections.Counter(),
-                                                 "assembly": collections.Counter()}
-    results, failures = run.results, run.failures
-    progress = _Progress(config, identities_done, identities_total, len(queue),
+    placement: dict[str, collections.Counter] = {
+        "analysis": collections.Counter(), "identity": collections.Counter(),
+        "assembly": collections.Counter()}
+    progress = _Progress(config.progress, identities_done, identities_total, len(queue),
                          shards_total - len(specs), shards_total)
+    ordinal = {id(state): i for i, state in enumerate(identities)}
 
-    def clip_done(spec: ShardSpec, clip, outcome: ClipOutcome) -> None:
-        outcomes[spec.name][clip_key(clip)] = outcome
+    def fail_shard(spec: ShardSpec, message: str) -> None:
+        if spec.name not in failed_shards:
+            failed_shards.add(spec.name)
+            run.failures.append((spec.name, message[:2000]))
+            progress.shard(len(spec.identities))
+
+    def submit_identity(state: _IdentityState) -> None:
+        if state.spec.name in failed_shards:
+            return
+        # Request numbers spread identities over the actors; they never change a score.
+        report, result = select.remote(settings, config.verbose, folder, state.spec.name,
+                                       state.ident, state.outcomes, pool.client(),
+                                       ordinal[id(state)])
+        results[state.spec.name][state.position] = result
+        ident_refs[report] = (state, time.monotonic())
+
+    def clip_done(state: _IdentityState, clip, outcome: ClipOutcome) -> None:
+        state.outcomes[clip_key(clip)] = outcome
         if outcome.node:
             placement["analysis"][outcome.node] += 1
+        if outcome.started_at is not None and outcome.ended_at is not None:
+            run.spans.append(("analysis", outcome.started_at, outcome.ended_at, True))
         progress.clip()
-        remaining[spec.name] -= 1
-        if remaining[spec.name] == 0:
-            ref = assembly.remote(config, folder, spec, outcomes.pop(spec.name), pool)
-            shard_refs[ref] = (spec, time.monotonic())
+        state.remaining -= 1
+        if state.remaining == 0:
+            submit_identity(state)
 
-    for spec in specs:     # a shard without clips (all taken down) is assembled at once
-        if remaining[spec.name] == 0:
-            shard_refs[assembly.remote(config, folder, spec, {}, pool)] = (spec, time.monotonic())
+    def identity_done(state: _IdentityState, report: dict) -> None:
+        placement["identity"][report["node"]] += 1
+        at = report["started_at"]
+        for asked, answered in report["waits"]:      # waiting on an actor is not CPU work
+            run.spans.append(("identity", at, asked, True))
+            at = answered
+        run.spans.append(("identity", at, report["ended_at"], True))
+        spec = state.spec
+        if spec.name in failed_shards:
+            return
+        left[spec.name] -= 1
+        if left[spec.name] == 0:
+            shard_refs[write.remote(folder, spec, *results.pop(spec.name))] = (
+                spec, time.monotonic())
+
+    for state in identities:     # an identity without clips (all taken down) goes at once
+        if state.remaining == 0:
+            submit_identity(state)
+    for spec in specs:           # so does a shard without identities
+        if not spec.identities:
+            shard_refs[write.remote(folder, spec)] = (spec, time.monotonic())
     last_progress = time.monotonic()
     last_check, running = 0.0, False
     try:
-        while queue or clip_refs or shard_refs:
+        while queue or clip_refs or ident_refs or shard_refs:
+            max_inflight = analysis_inflight_limit(cpus)
             while queue and len(clip_refs) < max_inflight:
-                spec, clip = queue.popleft()
-                poisoned = spec.poisoned.get(clip_key(clip))
+                state, clip = queue.popleft()
+                poisoned = state.spec.poisoned.get(clip_key(clip))
                 if poisoned is not None:
-                    clip_done(spec, clip, ClipOutcome.failed(Reason.WORKER_CRASHED, poisoned))
+                    clip_done(state, clip, ClipOutcome.failed(Reason.WORKER_CRASHED, poisoned))
                     continue
-                clip_refs[analysis.remote(config, folder, spec.name, clip)] = (spec, clip)
-            done, _ = ray.wait(list(clip_refs) + list(shard_refs), num_returns=1,
-                               timeout=POLL_S)
+                ref = analysis.remote(config.analysis, config.identity, config.verbose, folder,
+                                      state.spec.name, clip)
+                clip_refs[ref] = (state, clip)
+            pool.poll()
+            if pool.ready_s is not None and "quality_ready" not in timings:
+                timings["quality_ready"] = pool.ready_s
+            done, _ = ray.wait(list(clip_refs) + list(ident_refs) + list(shard_refs),
+                               num_returns=1, timeout=POLL_S)
             for ref in done:
                 if ref in clip_refs:
-                    spec, clip = clip_refs.pop(ref)
+                    state, clip = clip_refs.pop(ref)
                     try:
                         outcome = ray.get(ref, timeout=60)
                     except TaskCancelledError:
@@ -246,34 +367,60 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
                             "s; its worker was stopped")
                     except (RayError, GetTimeoutError) as err:
                         outcome = _crashed(err)
-                    clip_done(spec, clip, outcome)
+                    clip_done(state, clip, outcome)
+                elif ref in ident_refs:
+                    state, _ = ident_refs.pop(ref)
+                    try:
+                        identity_done(state, ray.get(ref, timeout=60))
+                    except (RayError, GetTimeoutError) as err:
+                        results.pop(state.spec.name, None)
+                        fail_shard(state.spec, f"identity {state.ident.identity_id}: {err}")
                 else:
                     spec, _ = shard_refs.pop(ref)
                     try:
-                        result, node = ray.get(ref, timeout=60)
-                        results.append(result)
-                        placement["assembly"][node] += 1
+                        result, report = ray.get(ref, timeout=60)
+                        run.results.append(result)
+                        placement["assembly"][report["node"]] += 1
+                        run.spans.append(("shard", report["started_at"], report["ended_at"],
+                                          True))
+                        progress.shard(len(spec.identities))
                     except (RayError, GetTimeoutError) as err:
-                        failures.append((spec.name, str(err)[:2000]))
-                    progress.shard(len(by_name[spec.name].identities))
-            # Time limits read one marker file per clip in flight (on a shared filesystem):
-            # once per POLL_S, not after every finished task.
+                        fail_shard(spec, str(err))
+            # Time limits read one marker file per clip in flight (on a shared filesystem), and
+            # the cluster's CPUs are looked up: once per POLL_S, not after every finished task.
             if time.monotonic() - last_check >= POLL_S:
-                running = _enforce_limits(folder, clip_refs, shard_refs, limit_s, failures,
-                                          progress)
+                running = _enforce_limits(folder, clip_refs, ident_refs, shard_refs, limit_s,
+                                          fail_shard)
+                cpus = cluster_cpus()
+                cpu_samples.append((time.time(), cpus))
                 last_check = time.monotonic()
             if done or running or not clip_refs:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > config.ray.stall_timeout_s:
                 raise SchedulingError(_stalled_message(config, len(clip_refs), pool))
+        pool.poll()
+        for described in pool.busy_spans():
+            on_cpu = not str(described.get("device", "cpu")).startswith("cuda")
+            run.spans += [("quality", start, end, on_cpu) for start, end in described["spans"]]
     finally:
         progress.close()
         pool.close()
         # Markers of clips whose workers were killed (timeouts, crashes) are stale now.
         shutil.rmtree(folder.manifests_dir / bf.INFLIGHT_DIR, ignore_errors=True)
+    run.notes = list(pool.notes)
+    run.cpus = _mean_cpus(cpu_samples, time.time())
     run.placement = {stage: dict(counts) for stage, counts in placement.items()}
     run.placement["quality"] = [d.get("node") for d in pool.described]
     return run
+
+
+def _mean_cpus(samples: list[tuple[float, float]], end: float) -> float:
+    """Time-weighted mean of the cluster's CPUs over the run (nodes may join and leave)."""
+    total = weight = 0.0
+    for (at, cpus), (nxt, _) in zip(samples, [*samples[1:], (end, 0.0)], strict=True):
+        total += cpus * max(nxt - at, 0.0)
+        weight += max(nxt - at, 0.0)
+    return total / weight if weight > 0 else samples[-1][1]
 
 
 def _stalled_message(config: BuildConfig, waiting: int, pool) -> str:
@@ -289,25 +436,29 @@ def _stalled_message(config: BuildConfig, waiting: int, pool) -> str:
             "are kept.")
 
 
-def _enforce_limits(folder: bf.BuildFolder, clip_refs: dict, shard_refs: dict, limit_s: float,
-                    failures: list, progress: _Progress | None) -> bool:
+def _enforce_limits(folder: bf.BuildFolder, clip_refs: dict, ident_refs: dict, shard_refs: dict,
+                    limit_s: float, fail_shard) -> bool:
     """Cancel clips past their time limit (counted from when a worker started them) and give
-    up on shards whose assembly runs past ASSEMBLY_TIMEOUT_S; True when some clip is running."""
+    up on shards whose identity or shard task runs past ASSEMBLY_TIMEOUT_S; True when some
+    clip is running."""
     import ray
 
     now = time.time()
     running = False
-    for ref, (_spec, clip) in list(clip_refs.items()):
+    for ref, (_state, clip) in list(clip_refs.items()):
         marker = read_inflight(folder, clip)
         running = running or marker is not None
         if marker and now - float(marker.get("started", now)) > limit_s:
             ray.cancel(ref, force=True)        # kills the worker; met as TaskCancelledError
+    late = f"did not finish within {ASSEMBLY_TIMEOUT_S:.0f} s"
+    for ref, (state, submitted) in list(ident_refs.items()):
+        if time.monotonic() - submitted > ASSEMBLY_TIMEOUT_S:
+            ray.cancel(ref, force=True)
+            ident_refs.pop(ref)
+            fail_shard(state.spec, f"identity {state.ident.identity_id} {late}")
     for ref, (spec, submitted) in list(shard_refs.items()):
         if time.monotonic() - submitted > ASSEMBLY_TIMEOUT_S:
             ray.cancel(ref, force=True)
             shard_refs.pop(ref)
-            failures.append((spec.name, f"assembly did not finish within "
-                                        f"{ASSEMBLY_TIMEOUT_S:.0f} s"))
-            if progress is not None:
-                progress.shard(len(spec.identities))
+            fail_shard(spec, f"writing the shard {late}")
     return running

@@ -1,21 +1,30 @@
 """Stage 2 of the build: face quality on a pool of actors (one per GPU, or N on CPUs).
 
-    pool = QualityPool.start(config)          (driver)   actors placed, models loaded once
-    scores = pool.score(crops_png)            (anywhere) large batches, any number of callers
+    pool = QualityPool.launch(ray_cfg, quality, logs_dir)   (driver) actors placed, not awaited
+    pool.poll()                                             (driver) placement time limit, notes
+    client = pool.client()                                  picklable, for the identity tasks
+    scores = client.score(crops, request_index)             (anywhere) one fixed request
 
 Each actor holds one QualityScorer. Where the cluster has GPUs there is one actor per GPU
 (`num_gpus=1`, or `--gpus-per-actor`); the actor uses CUDA when torch sees a GPU on its node
 and falls back to the CPU otherwise (a node may declare a GPU its torch cannot use: it says so
-in `describe()` rather than failing every shard). Without GPUs, `--quality-actors` CPU actors
+in `describe()` rather than failing every identity). Without GPUs, `--quality-actors` CPU actors
 (default: one per 8 CPUs of the cluster, at least one) serve the whole build; they reserve no
-CPU (they compute while their callers, which hold one, wait).
+CPU (they compute while their callers, which hold one, wait), so they take CPU only when they
+compute.
 
-Crops travel as PNG bytes. Callers split their work into fixed requests (`REQUEST_CROPS`) in
-an order that does not depend on scheduling, and the actor scores a request in chunks of
-`--quality-batch-size`, so every score (and so every byte of the output) is the same whatever
-the number of actors or the order in which they answer. A caller whose actor is gone or does
-not answer within the time limit scores the request itself on its own CPU (`LocalScorer`), so
-the loss of a GPU node slows the build down and loses nothing.
+The build does not wait for the actors: `launch` returns at once, analysis starts while the
+actors load their models, and an identity's first request waits (bounded) for its actor. The
+driver's `poll` gives up on actors not placed within PLACEMENT_TIMEOUT_S (their callers then
+score on their own CPU) and records when the rest were ready.
+
+Crops travel as arrays (S x S x 3 uint8). Callers split their work into fixed requests
+(`REQUEST_CROPS`) in an order that does not depend on scheduling, and the actor scores a request
+in chunks of `--quality-batch-size`, so every score (and so every byte of the output) is the
+same whatever the number of actors or the order in which they answer. A caller whose actor is
+gone or does not answer within the time limit scores the request itself on its own CPU
+(`LocalScorer`), so the loss of a GPU node slows the build down and loses nothing. Each actor
+keeps the wall-clock spans of its requests for the build's timeline.
 """
 
 from __future__ import annotations
@@ -26,10 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curation.pipeline.scoring import REQUEST_CROPS, LocalScorer, score_in_requests
+from curation.pipeline.scoring import LocalScorer
 
 if TYPE_CHECKING:
-    from curation.pipeline.config import BuildConfig
+    from curation.faces.quality import QualityConfig
+    from curation.pipeline.config import RayConfig
 
 REQUEST_TIMEOUT_S = 600.0           # a request that takes longer is scored by the caller
 PLACEMENT_TIMEOUT_S = 60.0          # actors not placed by then: say so, score on the CPUs
@@ -37,14 +47,15 @@ CPUS_PER_CPU_ACTOR = 8
 
 
 class QualityActor:
-    """Ray actor body: one LocalScorer serving requests."""
+    """Ray actor body: one LocalScorer serving requests; remembers when it computed."""
 
-    def __init__(self, config: BuildConfig, logs_dir: str, device: str):
-        if not config.verbose:
+    def __init__(self, quality: QualityConfig, logs_dir: str | None, device: str):
+        if logs_dir is not None:
             from curation.quiet import send_process_output_to
 
             send_process_output_to(logs_dir)
-        self.local = LocalScorer(config, device)
+        self.local = LocalScorer(quality, device)
+        self.spans: list[tuple[float, float]] = []
 
     def describe(self) -> dict[str, Any]:
         import ray
@@ -53,77 +64,33 @@ class QualityActor:
                 "node": ray.get_runtime_context().get_node_id(),
                 "model": self.local.scorer.model_name}
 
-    def score(self, crops_png: list[bytes]) -> np.ndarray:
-        return self.local.score(crops_png)
+    def score(self, crops: list[np.ndarray]) -> np.ndarray:
+        started = time.time()
+        try:
+            return self.local.score(crops)
+        finally:
+            self.spans.append((started, time.time()))
+
+    def busy_spans(self) -> dict[str, Any]:
+        return {"device": self.local.device, "spans": list(self.spans)}
 
 
-class QualityPool:
-    """Handles to the quality actors (picklable: shard assembly tasks receive the pool)."""
+class QualityClient:
+    """What an identity task holds: the ready actors' handles and the quality section (for the
+    local fallback). Picklable."""
 
-    def __init__(self, actors: list, config: BuildConfig, described: list[dict]):
+    def __init__(self, actors: list, quality: QualityConfig):
         self.actors = actors
-        self.config = config
-        self.described = described
+        self.quality = quality
         self._local: LocalScorer | None = None
 
     def __getstate__(self) -> dict:
-        return {"actors": self.actors, "config": self.config, "described": self.described}
+        return {"actors": self.actors, "quality": self.quality}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["actors"], state["config"], state["described"])
+        self.__init__(state["actors"], state["quality"])
 
-    @classmethod
-    def start(cls, config: BuildConfig, logs_dir: str) -> tuple[QualityPool, list[str]]:
-        """Place the actors and wait (bounded) until their models are loaded; returns the pool
-        and notes for the summary (a GPU that cannot be used, actors that could not be placed)."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayError
-
-        resources = ray.cluster_resources()
-        gpus = float(resources.get("GPU", 0))
-        cpus = float(resources.get("CPU", 1))
-        share = config.ray.gpus_per_actor or (1.0 if gpus >= 1 else 0.0)
-        if share > 0:
-            count = config.ray.quality_actors or max(1, math.floor((gpus or share) / share))
-            options = {"num_gpus": share, "num_cpus": 1}
-            device = "cuda"
-        else:
-            count = config.ray.quality_actors or max(1, int(cpus // CPUS_PER_CPU_ACTOR))
-            # No CPU of its own: a CPU actor computes only while an assembly task (which holds
-            # a CPU) waits on it, so reserving one would idle a core for the whole build, and on
-            # a 1-CPU machine leave none for analysis. The cost is at most one extra busy
-            # process per actor while Ray lends the waiting task's CPU to another task.
-            options = {"num_cpus": 0}
-            device = "cpu"
-        actor_cls = ray.remote(QualityActor).options(max_restarts=2, max_task_retries=0,
-                                                     **options)
-        actors = [actor_cls.remote(config, logs_dir, device) for _ in range(count)]
-        notes: list[str] = []
-        described: list[dict] = []
-        refs = [a.describe.remote() for a in actors]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PLACEMENT_TIMEOUT_S)
-        placed = []
-        for actor, ref in zip(actors, refs, strict=True):
-            if ref not in ready:
-                ray.kill(actor, no_restart=True)
-                continue
-            try:
-                described.append(ray.get(ref, timeout=1.0))
-                placed.append(actor)
-            except (RayError, GetTimeoutError) as err:
-                notes.append(f"a quality actor failed to start: {str(err).splitlines()[0]}")
-                ray.kill(actor, no_restart=True)
-        if len(placed) < count:
-            asked = f"{options.get('num_gpus', 0)} GPU and 1 CPU" if share else "no CPU"
-            notes.append(
-                f"{count - len(placed)} of {count} quality actors ({asked} each) could not be "
-                f"placed within {PLACEMENT_TIMEOUT_S:.0f} s (the cluster has {gpus:g} GPUs, "
-                f"{cpus:g} CPUs); shards score their faces on their own CPU instead. Add GPU "
-                "nodes, lower --gpus-per-actor, or set --quality-actors.")
-        notes += [d["note"] for d in described if d.get("note")]
-        return cls(placed, config, described), notes
-
-    def score(self, crops_png: list[bytes], request_index: int = 0) -> np.ndarray:
+    def score(self, crops: list[np.ndarray], request_index: int = 0) -> np.ndarray:
         """Scores of one request on the actor chosen by `request_index` (deterministic), or
         locally when that actor is gone or does not answer in time."""
         import ray
@@ -132,20 +99,126 @@ class QualityPool:
         if self.actors:
             actor = self.actors[request_index % len(self.actors)]
             try:
-                return ray.get(actor.score.remote(crops_png), timeout=REQUEST_TIMEOUT_S)
+                return ray.get(actor.score.remote(crops), timeout=REQUEST_TIMEOUT_S)
             except (RayError, GetTimeoutError):
                 pass        # the actor's node is gone or stuck: the caller scores it
         if self._local is None:
-            self._local = LocalScorer(self.config, "cpu")
-        return self._local.score(crops_png)
+            self._local = LocalScorer(self.quality, "cpu")
+        return self._local.score(crops)
+
+
+class QualityPool:
+    """The driver's side of the quality actors: launched without waiting, polled by the
+    driver's loop, closed at the end."""
+
+    def __init__(self, quality: QualityConfig):
+        self.quality = quality
+        self.actors: list = []                  # placed or still loading
+        self.described: list[dict] = []         # of the ready actors
+        self.notes: list[str] = []
+        self.ready_s: float | None = None       # from launch until every placed actor was ready
+        self._pending: dict[Any, Any] = {}      # describe() ref -> actor
+        self._launched = time.monotonic()
+        self._asked = ""
+        self._count = 0
+
+    @classmethod
+    def launch(cls, ray_cfg: RayConfig, quality: QualityConfig, logs_dir: str | None
+               ) -> QualityPool:
+        """Create the actors (one per GPU, or CPU actors: `ray_cfg`), not waiting for them;
+        `logs_dir` receives their library output (None: the terminal)."""
+        import ray
+
+        pool = cls(quality)
+        resources = ray.cluster_resources()
+        gpus = float(resources.get("GPU", 0))
+        cpus = float(resources.get("CPU", 1))
+        share = ray_cfg.gpus_per_actor or (1.0 if gpus >= 1 else 0.0)
+        if share > 0:
+            count = ray_cfg.quality_actors or max(1, math.floor((gpus or share) / share))
+            options = {"num_gpus": share, "num_cpus": 1}
+            device = "cuda"
+            pool._asked = f"{share:g} GPU and 1 CPU"
+        else:
+            count = ray_cfg.quality_actors or max(1, int(cpus // CPUS_PER_CPU_ACTOR))
+            # No CPU of its own: a CPU actor computes only while an identity task (which holds
+            # a CPU) waits on it, so reserving one would idle a core for the whole build, and on
+            # a 1-CPU machine leave none for analysis.
+            options = {"num_cpus": 0}
+            device = "cpu"
+            pool._asked = "no CPU"
+        actor_cls = ray.remote(QualityActor).options(max_restarts=2, max_task_retries=0,
+                                                     **options)
+        pool._count = count
+        pool._resources = (gpus, cpus)
+        for _ in range(count):
+            actor = actor_cls.remote(quality, logs_dir, device)
+            pool.actors.append(actor)
+            pool._pending[actor.describe.remote()] = actor
+        return pool
+
+    def poll(self, wait_s: float = 0.0) -> None:
+        """Take in the actors that became ready; give up on those not placed within
+        PLACEMENT_TIMEOUT_S of the launch (killed, with a note for the summary)."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayError
+
+        if not self._pending:
+            return
+        ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending),
+                            timeout=wait_s)
+        for ref in ready:
+            actor = self._pending.pop(ref)
+            try:
+                described = ray.get(ref, timeout=1.0)
+                self.described.append(described)
+                if described.get("note"):
+                    self.notes.append(described["note"])
+            except (RayError, GetTimeoutError) as err:
+                self.notes.append(f"a quality actor failed to start: {str(err).splitlines()[0]}")
+                self._drop(actor)
+        if self._pending and time.monotonic() - self._launched > PLACEMENT_TIMEOUT_S:
+            unplaced = len(self._pending)
+            for actor in self._pending.values():
+                self._drop(actor)
+            self._pending.clear()
+            gpus, cpus = self._resources
+            self.notes.append(
+                f"{unplaced} of {self._count} quality actors ({self._asked} each) could not be "
+                f"placed within {PLACEMENT_TIMEOUT_S:.0f} s (the cluster has {gpus:g} GPUs, "
+                f"{cpus:g} CPUs); identities score their faces on their own CPU instead. Add "
+                "GPU nodes, lower --gpus-per-actor, or set --quality-actors.")
+        if not self._pending and self.ready_s is None:
+            self.ready_s = time.monotonic() - self._launched
+
+    def _drop(self, actor) -> None:
+        import ray
+
+        ray.kill(actor, no_restart=True)
+        self.actors = [a for a in self.actors if a is not actor]
+
+    def client(self) -> QualityClient:
+        """A picklable handle for identity tasks: the actors placed or still loading."""
+        return QualityClient(list(self.actors), self.quality)
+
+    def busy_spans(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """Every live actor's {'device', 'spans'} (bounded wait; an actor that does not answer
+        is left out of the timeline)."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayError
+
+        out = []
+        refs = [actor.busy_spans.remote() for actor in self.actors]
+        deadline = time.monotonic() + timeout_s
+        for ref in refs:
+            try:
+                out.append(ray.get(ref, timeout=max(0.1, deadline - time.monotonic())))
+            except (RayError, GetTimeoutError):
+                continue
+        return out
 
     def close(self) -> None:
         import ray
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-
-
-def timed(fn, *args):
-    started = time.monotonic()
-    return fn(*args), time.monotonic() - started

@@ -4,6 +4,12 @@
     enumeration part + build-time takedowns -> resume check (rewrites the old shards that an
     incremental rerun takes identities out of) -> Ray pool over unfinished shards -> finalize
 
+Start-up overlaps: the model check runs in a thread while the driver plans and Ray starts,
+and the quality actors are launched as soon as Ray is up, to load their models while the
+output folder is prepared and the first clips are analysed. A plan with shards starts Ray
+before the resume check knows whether any is left to build (a rerun of a finished build then
+starts and stops Ray, in the shadow of the model check).
+
 `--dry-run` stops after planning and the resume check and prints what the run would do.
 
 Set-up problems raise a `SetupError` (BuildRefused, SourceError, MissingWeightsError) before
@@ -17,14 +23,19 @@ import time
 
 from curation import build_folder as bf
 from curation import manifests, takedowns
+from curation.executor.pool import PipelineRun, init_ray, run_shards
 from curation.pipeline.config import BuildConfig
-from curation.pipeline.finalize import BuildSummary, format_summary, write_run_record
+from curation.pipeline.finalize import (
+    BuildSummary,
+    build_timeline,
+    format_summary,
+    write_run_record,
+)
 from curation.pipeline.identity_check import resolve_duplicates
 from curation.pipeline.incremental import retry_candidates
 from curation.pipeline.models import check_models
 from curation.pipeline.output import OutputPlan, decide_output, prepare_output, resume_check
 from curation.pipeline.plan import build_plan
-from curation.executor.pool import PipelineRun, init_ray, run_shards
 from curation.pipeline.shard import enumeration_rows
 from curation.records import Reason
 from curation.sources import check_root
@@ -37,48 +48,64 @@ def run_build(config: BuildConfig) -> BuildSummary:
     SourceError, MissingWeightsError) before any Ray work."""
     import ray
 
+    from curation.executor.quality_pool import QualityPool
+
     config.validate()
     folder = bf.BuildFolder.of(config)
-    t0 = time.monotonic()
+    t0, started_at = time.monotonic(), time.time()
     timings: dict[str, float] = {}
     for kind, root in config.sources:     # a wrong path is said before any model is looked for
         check_root(kind, root)
-    models = check_models(config)
-    timings["check_models"] = time.monotonic() - t0
-
-    t = time.monotonic()
-    decided = plan_run(config, folder)
-    plan, increment = decided.plan, decided.increment
-    timings["enumerate_and_plan"] = time.monotonic() - t
-    prepare_output(config, folder, decided)
-    _write_enumeration_part(config, folder, plan)
-
-    t = time.monotonic()
-    # Reads footers and sizes, never a tar (unless --verify-finished); rewrites the old shards
-    # that identities of an incremental rerun left.
-    check = resume_check(folder, plan, full_hash=config.verify_finished)
-    todo = check.todo
-    timings["resume_check"] = time.monotonic() - t
-    skipped = len(plan.shards) - len(todo)
-    ids_total = len(plan.identities)
-    ids_done = ids_total - sum(len(s.identities) for s in todo)
-
-    t = time.monotonic()
+    models_check = _InThread(check_models, config)
     pipeline = PipelineRun()
     interrupted = False
     started_ray = False
+    pool = None
     try:
-        if todo:
+        t = time.monotonic()
+        decided = plan_run(config, folder)
+        plan, increment = decided.plan, decided.increment
+        timings["enumerate_and_plan"] = time.monotonic() - t
+        if plan.shards:
+            t = time.monotonic()
             started_ray = init_ray(config)
             timings["ray_init"] = time.monotonic() - t
-            pipeline = run_shards(config, folder, todo, ids_done, ids_total,
-                                  len(plan.shards), timings)
-    except KeyboardInterrupt:
-        interrupted = True
+            pool = QualityPool.launch(config.ray, config.quality,
+                                      None if config.verbose else str(folder.logs_dir))
+        # A missing weight file is said here, before the output folder is touched.
+        models = models_check.result(MODEL_CHECK_TIMEOUT_S)
+        timings["check_models"] = models_check.seconds
+        prepare_output(config, folder, decided)
+        _write_enumeration_part(config, folder, plan)
+
+        t = time.monotonic()
+        # Reads footers and sizes, never a tar (unless --verify-finished); rewrites the old
+        # shards that identities of an incremental rerun left.
+        check = resume_check(folder, plan, full_hash=config.verify_finished)
+        todo = check.todo
+        timings["resume_check"] = time.monotonic() - t
+        skipped = len(plan.shards) - len(todo)
+        ids_total = len(plan.identities)
+        ids_done = ids_total - sum(len(s.identities) for s in todo)
+
+        t = time.monotonic()
+        try:
+            if todo:
+                pipeline = run_shards(config, folder, todo, ids_done, ids_total,
+                                      len(plan.shards), timings, pool=pool)
+                pool = None                   # run_shards closed it
+        except KeyboardInterrupt:
+            interrupted = True
+        timings["build"] = time.monotonic() - t
     finally:
+        if pool is not None:
+            pool.close()
         if started_ray:
             ray.shutdown()
-    timings["build"] = time.monotonic() - t
+        models_check.result(MODEL_CHECK_TIMEOUT_S, reraise=False)   # never leave it running
+    timeline = build_timeline(pipeline.spans, pipeline.cpus, started_at)
+    if timeline:
+        timings["startup"] = timeline["startup_s"]
 
     duplicates = None
     if not interrupted:   # identity check across identities (issue 13): after every shard
@@ -95,7 +122,7 @@ def run_build(config: BuildConfig) -> BuildSummary:
         shards_built=len(pipeline.results), shards_skipped=skipped,
         shards_failed=pipeline.failures, counts=counts,
         timings={k: round(v, 3) for k, v in timings.items()}, interrupted=interrupted,
-        notes=list(pipeline.notes), placement=pipeline.placement)
+        notes=list(pipeline.notes), placement=pipeline.placement, timeline=timeline)
     if increment is not None and not increment.empty:
         summary.notes.append("incremental: " + increment.lines()[0])
     if duplicates is not None and duplicates.removed:
@@ -107,6 +134,43 @@ def run_build(config: BuildConfig) -> BuildSummary:
                       for r in check.rewrites if r.identities]
     write_run_record(config, folder, plan, models, summary, shard_rows, increment)
     return summary
+
+
+MODEL_CHECK_TIMEOUT_S = 900.0     # loading the quality model once on the driver's CPU
+
+
+class _InThread:
+    """`fn(*args)` in a daemon thread from now on; `result` waits for it (bounded) and returns
+    its value or raises its exception."""
+
+    def __init__(self, fn, *args):
+        import threading
+
+        self._value: object = None
+        self._error: BaseException | None = None
+        self.seconds = 0.0
+        started = time.monotonic()
+
+        def body() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller of result()
+                self._error = err
+            finally:
+                self.seconds = time.monotonic() - started
+
+        self._thread = threading.Thread(target=body, name=f"mfhq-{fn.__name__}", daemon=True)
+        self._thread.start()
+
+    def result(self, timeout_s: float, reraise: bool = True):
+        self._thread.join(timeout_s)
+        if not reraise:
+            return None
+        if self._thread.is_alive():
+            raise TimeoutError(f"the model check did not finish within {timeout_s:.0f} s")
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def plan_run(config: BuildConfig, folder: bf.BuildFolder) -> OutputPlan:
@@ -169,8 +233,8 @@ EXIT_OK, EXIT_SHARDS_FAILED, EXIT_USAGE = 0, 1, 2
 def main(argv: list[str] | None = None, prog: str = "mfhq build") -> int:
     """`mfhq build` (also `curation/build_mfhq.py`): exit 0 when every shard was written, 1 when
     some failed or the run was interrupted, 2 for set-up problems (message, no traceback)."""
-    from curation.pipeline.config import parse_args
     from curation.errors import SetupError
+    from curation.pipeline.config import parse_args
     from curation.quiet import quiet_terminal, terminal
 
     config = parse_args(argv, prog=prog)

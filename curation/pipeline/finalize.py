@@ -32,6 +32,7 @@ class BuildSummary:
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
     placement: dict[str, Any] = field(default_factory=dict)   # node -> clips / shards
+    timeline: dict[str, Any] = field(default_factory=dict)    # see `build_timeline`
 
     @property
     def ok(self) -> bool:
@@ -60,6 +61,7 @@ def write_run_record(config: BuildConfig, folder: bf.BuildFolder, plan: Plan, mo
                    "bytes": sum(r["bytes"] for r in shard_rows)},
         "timings_s": summary.timings,
         "placement": summary.placement,
+        "timeline": summary.timeline,
         "notes": summary.notes,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -90,8 +92,71 @@ def format_summary(summary: BuildSummary) -> str:
         lines.append("  interrupted: rerun the same command to finish the remaining shards")
     lines.append(f"  time:       {summary.timings.get('total', 0.0):.1f} s "
                  f"(build {summary.timings.get('build', 0.0):.1f} s)")
+    lines.extend(timeline_lines(summary.timeline))
     lines.extend(f"  note: {n}" for n in summary.notes)
     return "\n".join(lines)
+
+
+# --- the build's own timeline -------------------------------------------------------------------
+
+# (stage, start, end, on_cpu): one span of work, wall-clock seconds (time.time()); on_cpu is
+# False for work on a GPU (it keeps no CPU busy).
+Span = tuple[str, float, float, bool]
+
+
+def build_timeline(spans: list[Span], cpus: float, started_at: float) -> dict[str, Any]:
+    """Per-stage busy time and the CPUs left idle, from the spans of every task and request.
+
+    The working phase runs from the first analysis span to the last span of any stage; idle
+    CPU-s is the integral over it of (cpus - CPU spans running, at least 0), so work queued
+    behind a busy actor, a driver that is slow to hand out work or a serial tail all show up
+    as idle. `startup_s` is from `started_at` (the build's start) to the first analysis span.
+    Returns {} without spans."""
+    spans = [s for s in spans if s[2] >= s[1]]
+    if not spans:
+        return {}
+    first = min((s[1] for s in spans if s[0] == "analysis"), default=min(s[1] for s in spans))
+    last = max(s[2] for s in spans)
+    stages: dict[str, dict[str, float]] = {}
+    for stage, start, end, _ in spans:
+        entry = stages.setdefault(stage, {"spans": 0, "busy_s": 0.0, "max_s": 0.0,
+                                          "first_s": start - first, "last_s": end - first})
+        entry["spans"] += 1
+        entry["busy_s"] += end - start
+        entry["max_s"] = max(entry["max_s"], end - start)
+        entry["first_s"] = min(entry["first_s"], start - first)
+        entry["last_s"] = max(entry["last_s"], end - first)
+    events = sorted([(max(start, first), 1) for _, start, _, on_cpu in spans if on_cpu]
+                    + [(max(end, first), -1) for _, _, end, on_cpu in spans if on_cpu])
+    idle = busy = 0.0
+    running, at = 0, first
+    for when, step in events:
+        idle += (when - at) * max(0.0, cpus - running)
+        busy += (when - at) * min(float(running), cpus)
+        running, at = running + step, when
+    idle += (last - at) * max(0.0, cpus - running)
+    phase = last - first
+    rounded = {name: {k: round(v, 3) if isinstance(v, float) else v for k, v in entry.items()}
+               for name, entry in sorted(stages.items())}
+    return {"cpus": cpus, "startup_s": round(first - started_at, 3),
+            "working_phase_s": round(phase, 3), "busy_cpu_s": round(busy, 3),
+            "idle_cpu_s": round(idle, 3),
+            "idle_fraction": round(idle / (cpus * phase), 4) if phase > 0 and cpus else None,
+            "stages": rounded}
+
+
+def timeline_lines(timeline: dict[str, Any]) -> list[str]:
+    """The timeline in the summary: working phase, idle CPU, busy time per stage."""
+    if not timeline:
+        return []
+    idle = timeline.get("idle_fraction")
+    lines = [f"  timeline:   start-up {timeline['startup_s']:.1f} s, working phase "
+             f"{timeline['working_phase_s']:.1f} s on {timeline['cpus']:g} CPUs, idle "
+             f"{timeline['idle_cpu_s']:.1f} CPU-s"
+             + (f" ({idle:.0%})" if idle is not None else "")]
+    lines.append("    " + ", ".join(f"{name} {entry['busy_s']:.1f} s busy ({entry['spans']})"
+                                      for name, entry in timeline["stages"].items()))
+    return lines
 
 
 def summary_json(summary: BuildSummary) -> dict:

@@ -1,9 +1,9 @@
 """Face quality in the caller's process, and the fixed requests every scorer is asked in.
 
 `LocalScorer` holds one QualityScorer (the model of a pool actor, and the fallback of a caller
-whose actor is gone). `score_in_requests` splits a list of crops into requests of
-`REQUEST_CROPS` in an order that does not depend on scheduling, so every score, and so every
-byte of the output, is the same whoever answers. Plain Python: the Ray pool that serves these
+whose actor is gone). `score_in_requests` splits one identity's crops (S x S x 3 uint8 arrays)
+into requests of `REQUEST_CROPS` in an order that does not depend on scheduling, so every
+score, and so every byte of the output, is the same whoever answers. Plain Python: the Ray pool that serves these
 requests is `curation.executor.quality_pool`.
 """
 
@@ -14,21 +14,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from curation.pipeline.config import BuildConfig
+    from curation.faces.quality import QualityConfig
 
 REQUEST_CROPS = 64                  # crops per request a caller sends to one actor
 
 
-def _decode(crops_png: list[bytes]) -> list[np.ndarray]:
-    from curation.pipeline.analyze import decode_png
-
-    return [decode_png(data) for data in crops_png]
-
-
 class LocalScorer:
-    """The quality model in this process (the fallback, and the model of a pool actor)."""
+    """The quality model in this process (the fallback, and the model of a pool actor), made
+    from the build's `quality` section."""
 
-    def __init__(self, config: BuildConfig, device: str = "cpu"):
+    def __init__(self, quality: QualityConfig, device: str = "cpu"):
         from curation.faces.quality import QualityScorer
 
         self.device, self.note = device, ""
@@ -40,18 +35,20 @@ class LocalScorer:
                 self.note = ("this node declares a GPU but torch sees none "
                              f"(torch {torch.__version__}, CUDA {torch.version.cuda}); "
                              "quality runs on its CPU")
-        self.scorer = QualityScorer.from_config(config.quality, device=self.device)
+        self.scorer = QualityScorer.from_config(quality, device=self.device)
 
-    def score(self, crops_png: list[bytes]) -> np.ndarray:
-        if not crops_png:
+    def score(self, crops: list[np.ndarray]) -> np.ndarray:
+        """One score per crop (S x S x 3 uint8 RGB), higher is better."""
+        if not crops:
             return np.zeros(0)
-        return np.asarray(self.scorer.score(_decode(crops_png)), dtype=np.float64).reshape(-1)
+        return np.asarray(self.scorer.score(list(crops)), dtype=np.float64).reshape(-1)
 
 
-def score_in_requests(score, crops_png: list[bytes]) -> np.ndarray:
-    """All scores of a list of crops, sent as fixed requests of REQUEST_CROPS."""
+def score_in_requests(score, crops: list[np.ndarray], first_request: int = 0) -> np.ndarray:
+    """All scores of a list of crops, sent as fixed requests of REQUEST_CROPS; request i is
+    asked as `score(crops, first_request + i)` (the number only spreads requests over actors)."""
     out = []
-    for i, start in enumerate(range(0, len(crops_png), REQUEST_CROPS)):
-        out.append(np.asarray(score(crops_png[start:start + REQUEST_CROPS], i),
+    for i, start in enumerate(range(0, len(crops), REQUEST_CROPS)):
+        out.append(np.asarray(score(crops[start:start + REQUEST_CROPS], first_request + i),
                               dtype=np.float64).reshape(-1))
     return np.concatenate(out) if out else np.zeros(0)

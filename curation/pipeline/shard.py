@@ -1,16 +1,20 @@
-"""Stage 3 of the build, per shard (CPU): from the clips' work files to a committed shard.
+"""Stages 3 and 4 of the build, plain Python: an identity's selection, then its shard's tar.
 
-    assemble_shard(config, folder, spec, outcomes, score) -> ShardResult
+    select_identity(ident, shard, outcomes, score, selection=, identity=, crop_size=,
+                    quality_model=) -> IdentityResult       (per identity, once its clips are in)
+    write_shard(folder, spec, results) -> ShardResult       (per shard, once its identities are)
 
-For every identity of the shard: its clips' candidates from their work files (stage 1), the
-usable ones over-clustered by pose and pre-ranked by sharpness; then the quality model (stage 2,
-`score`) on the faces selection wants scored, in fixed requests over the whole shard; then the
-choice of N faces, the sample (crops as JPEG, masks as the analysis wrote them) and the manifest
-rows. The tar is written under a hidden name, the parts next, the tar renamed last (a shard is
-the unit of commit); then the shard's work files are deleted. The output is a function of the
-plan, the settings and the clips alone: the same bytes whatever the number of workers, nodes or
-the order in which tasks finish. Memory: one identity's candidate fields and one request of
-encoded crops at a time, and the shard's encoded samples.
+`select_identity` runs the moment an identity's last clip is analysed: its clips' candidates
+from their work files (stage 1; the fields first, then the pixels of the scored faces only, so
+each byte of a work file is read at most once), the identity check, the pose over-clustering
+and sharpness pre-rank, the quality model (`score`, the quality actors) on the faces selection
+wants scored, in fixed requests of that identity, the choice of N faces, and the sample (crops
+as JPEG, masks as PNG, the record as JSON) with the identity's manifest rows. `write_shard`
+only writes: the samples in plan order under a hidden name, the parts next, the tar renamed
+last (a shard is the unit of commit), then the shard's work files are deleted. The output is a
+function of the plan, the settings and the clips alone: the same bytes whatever the number of
+workers, nodes or the order in which identities finish. Memory: one identity's candidate
+fields and scored crops at a time; a shard's encoded samples.
 
 Fault isolation: a clip that failed is a clips row with its reason and the identity goes on with
 its other clips; an identity whose selection raises is dropped with internal_error and the shard
@@ -24,22 +28,23 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from curation import build_folder as bf
+from curation.faces.quality import QualityModel
 from curation.pipeline.analyze import (
     ClipOutcome,
+    candidates_of,
     clip_key,
-    decode_png,
     describe,
-    read_candidates,
-    read_images,
+    read_meta,
+    read_work,
     work_dir,
 )
 from curation.pipeline.identity_check import (
-    IdentityDecision,
     check_identity,
     dropped_selection,
     face_columns,
@@ -54,17 +59,24 @@ from curation.pipeline.selection import (
     plan_selection,
     pose_spread,
 )
-from curation.pipeline.tar_writer import Sample, commit_shard, encode_jpeg, encode_json, stage_shard
-from curation.faces.quality import QualityModel
+from curation.pipeline.tar_writer import (
+    Sample,
+    commit_shard,
+    encode_jpeg,
+    encode_json,
+    encode_png_mask,
+    stage_shard,
+)
 from curation.records import ClipRecord, Reason, Status
 from mfhq_contract import FORMAT_VERSION, JSON_EXT, image_ext, mask_ext
 
 if TYPE_CHECKING:
-    from curation.pipeline.config import BuildConfig
     from curation.faces.analysis import FaceCandidate
+    from curation.faces.identity import IdentityConfig
+    from curation.pipeline.selection import SelectionConfig
 
-# score(crops_png, request_index) -> scores: the quality pool's, or a local scorer's.
-ScoreFn = Callable[[list[bytes], int], np.ndarray]
+# score(crops, request_index) -> scores: the quality pool's, or a local scorer's.
+ScoreFn = Callable[[list[np.ndarray], int], np.ndarray]
 
 
 @dataclass
@@ -87,44 +99,133 @@ class _Face:
     clip: ClipRecord
     cand: FaceCandidate
     work: str | None
+    pixels: tuple[np.ndarray, np.ndarray] | None = None   # (crop, mask), once read
 
 
 @dataclass
-class _Identity:
-    """One identity of the shard between the stages of its assembly."""
+class IdentityResult:
+    """One identity's part of its shard: the sample (None when the identity is dropped) and its
+    rows of the clips, faces and identities manifests."""
 
-    ident: IdentityPlan
-    clip_rows: list[dict]
-    faces: list[_Face]
-    rejected: list[_Face]
-    pending: Selection | PendingSelection | None
-    message: str = ""
-    identity: IdentityDecision | None = None   # the identity check's decision (issue 13)
+    key: str
+    members: list[tuple[str, bytes]] | None
+    rows: dict[str, list[dict]]
 
 
-def assemble_shard(config: BuildConfig, folder: bf.BuildFolder, spec: ShardSpec,
-                   outcomes: dict[str, ClipOutcome], score: ScoreFn) -> ShardResult:
-    """Select, encode and commit one shard from its clips' outcomes and work files."""
-    started = time.monotonic()
-    model_name = QualityModel(config.quality.model).value
-    idents = [_gather(config, ident, spec.name, outcomes) for ident in spec.identities]
-    selections = _score_and_choose(config, idents, score)
-    rows: dict[str, list[dict]] = {"clips": [], "faces": [], "identities": []}
-    samples: list[Sample] = []
-    for item, selection in zip(idents, selections, strict=True):
-        message = item.message or (selection.choice.message if selection is not None else "")
-        if selection is not None and selection.choice.ok:
+def select_identity(ident: IdentityPlan, shard: str, outcomes: dict[str, ClipOutcome],
+                    score: ScoreFn, *, selection: SelectionConfig, identity: IdentityConfig,
+                    crop_size: int, quality_model: str, first_request: int = 0
+                    ) -> IdentityResult:
+    """Check, cluster, score, choose and encode one identity from its clips' outcomes (keyed
+    by `clip_key`) and work files. `selection` and `identity` are the build's sections of those
+    names, `crop_size` the analysis section's, `quality_model` the QualityModel value; quality
+    requests are numbered from `first_request` (it only spreads them over the actors). Never
+    raises for a bad clip or work file: those become rows with their reasons."""
+    model_name = QualityModel(quality_model).value
+    clip_rows, faces, rejected = [], [], []
+    for clip in ident.clips:
+        outcome = outcomes.get(clip_key(clip)) or ClipOutcome.failed(
+            Reason.INTERNAL_ERROR, "no analysis outcome reached the identity stage")
+        cands: list = []
+        if outcome.work:
             try:
-                samples.append(_sample(config, item, selection, model_name))
+                cands = candidates_of(read_meta(Path(outcome.work)))
+            except Exception as err:  # noqa: BLE001 - an unreadable work file fails the clip
+                outcome = ClipOutcome.failed(Reason.INTERNAL_ERROR,
+                                             f"work file unreadable: {describe(err)}")
+        usable = [c for c in cands if c.usable_in_work]
+        faces += [_Face(clip, c, outcome.work) for c in usable]
+        rejected += [_Face(clip, c, outcome.work) for c in cands if not c.usable_in_work]
+        clip_rows.append(_clip_row(clip, outcome, ident, shard, len(cands), len(usable)))
+    # Identity check (issue 13): other people's faces leave before selection; an identity
+    # without a dominant person is dropped with that reason.
+    faces, rejected, decision = check_identity(faces, rejected, clip_rows, identity)
+    message = ""
+    chosen: Selection | None = None
+    members = None
+    if decision.drop_reason is not None:
+        chosen = dropped_selection(decision)
+    else:
+        try:
+            chosen = _select(faces, score, selection, first_request)
+        except Exception as err:  # noqa: BLE001 - one identity must not lose the shard
+            message = describe(err)
+        if chosen is not None and chosen.choice.ok:
+            try:
+                members = _sample(ident, faces, chosen, crop_size, model_name)
             except Exception as err:  # noqa: BLE001 - a broken work file loses one identity
-                selection, message = None, describe(err)
-        rows["clips"] += item.clip_rows
-        rows["faces"] += _face_rows(item.ident, spec.name, item.faces, item.rejected, selection,
-                                    model_name)
-        row = _identity_row(item.ident, spec.name, item.faces, selection, item.clip_rows,
-                            message, model_name)
-        rows["identities"].append({**row, **identity_columns(item.identity,
-                                                             row["status"] == Status.KEPT)})
+                chosen, message = None, describe(err)
+    message = message or (chosen.choice.message if chosen is not None else "")
+    rows = {"clips": clip_rows,
+            "faces": _face_rows(ident, shard, faces, rejected, chosen, model_name)}
+    row = _identity_row(ident, shard, faces, chosen, clip_rows, message, model_name)
+    rows["identities"] = [{**row, **identity_columns(decision, row["status"] == Status.KEPT,
+                                                     rows["faces"])}]
+    return IdentityResult(ident.key, members, rows)
+
+
+def _select(faces: list[_Face], score: ScoreFn, s: SelectionConfig, first_request: int
+            ) -> Selection:
+    """Pose clusters and sharpness pre-rank, the quality model on the faces that want it
+    (their pixels read here, once per work file), the choice; the crops of the scored faces
+    stay on `_Face.pixels` for the sample."""
+    poses = np.array([[f.cand.yaw, f.cand.pitch, f.cand.roll] for f in faces],
+                     dtype=np.float64).reshape(-1, 3)
+    sharpness = np.array([f.cand.sharpness or 0.0 for f in faces], dtype=np.float64)
+    pending = plan_selection(poses, sharpness, n_images=s.images_per_identity,
+                             pose_clusters=s.pose_clusters,
+                             scored_per_cluster=s.scored_per_cluster, seed=s.seed)
+    if not isinstance(pending, PendingSelection):
+        return pending
+    scored = [faces[i] for i in pending.scored]
+    _load_pixels(scored)
+    values = score_in_requests(score, [f.pixels[0] for f in scored], first_request)
+    return finish_selection(pending, values, s.images_per_identity)
+
+
+def _load_pixels(faces: list[_Face]) -> None:
+    """Set `face.pixels` = (crop, mask) for these faces, reading each work file once."""
+    by_work: dict[str, dict[int, _Face]] = {}
+    for face in faces:
+        by_work.setdefault(face.work, {})[face.cand.work_index] = face
+    for work, wanted in by_work.items():
+        images = read_work(work, lambda cand, w=wanted: cand.work_index in w).images
+        for index, face in wanted.items():
+            if index not in images:
+                raise ValueError(f"{work} lacks the pixels of candidate {index}")
+            face.pixels = images[index]
+
+
+def _sample(ident: IdentityPlan, faces: list[_Face], selection: Selection, crop_size: int,
+            model_name: str) -> list[tuple[str, bytes]]:
+    """The identity's sample members: the record, then the chosen crops as JPEG and their
+    masks as PNG (chosen faces are scored faces, whose pixels `_select` read)."""
+    chosen = [faces[i] for i in selection.choice.selected]
+    records = [_image_record(index, faces[face_index], selection, face_index, model_name)
+               for index, face_index in enumerate(selection.choice.selected)]
+    record = {
+        "format_version": FORMAT_VERSION, "key": ident.key, "identity_id": ident.identity_id,
+        "sources": ident.sources, "source_video_ids": ident.source_video_ids,
+        "split": ident.split, "crop_size": crop_size, "images": records,
+    }
+    members = [(JSON_EXT, encode_json(record))]
+    members += [(image_ext(i), encode_jpeg(f.pixels[0])) for i, f in enumerate(chosen)]
+    members += [(mask_ext(i), encode_png_mask(f.pixels[1])) for i, f in enumerate(chosen)]
+    return members
+
+
+def write_shard(folder: bf.BuildFolder, spec: ShardSpec, results: list[IdentityResult],
+                started: float | None = None) -> ShardResult:
+    """Write and commit one shard from its identities' results, in plan order (`results` in
+    the order of `spec.identities`); then delete the shard's work files."""
+    started = time.monotonic() if started is None else started
+    if [r.key for r in results] != [i.key for i in spec.identities]:
+        raise ValueError(f"{spec.name}: identity results are not the plan's identities in order")
+    samples = [Sample(r.key, r.members) for r in results if r.members is not None]
+    rows: dict[str, list[dict]] = {"clips": [], "faces": [], "identities": []}
+    for result in results:
+        for table, table_rows in result.rows.items():
+            rows[table] += table_rows
     staged = stage_shard(folder.tar_path(spec.name), samples)
     # Parts first, tar last: a tar under its final name implies its parts are written.
     bf.write_shard_parts(folder, spec.name, staged.sha256, rows)
@@ -136,112 +237,17 @@ def assemble_shard(config: BuildConfig, folder: bf.BuildFolder, spec: ShardSpec,
                        time.monotonic() - started)
 
 
-def _gather(config: BuildConfig, ident: IdentityPlan, shard: str,
-            outcomes: dict[str, ClipOutcome]) -> _Identity:
-    """An identity's clip rows and candidates (fields only) and its selection up to scoring."""
-    clip_rows, faces, rejected = [], [], []
-    for clip in ident.clips:
-        outcome = outcomes.get(clip_key(clip)) or ClipOutcome.failed(
-            Reason.INTERNAL_ERROR, "no analysis outcome reached the assembly")
-        cands: list = []
-        if outcome.work:
-            try:
-                cands = read_candidates(outcome.work)
-            except Exception as err:  # noqa: BLE001 - an unreadable work file fails the clip
-                outcome = ClipOutcome.failed(Reason.INTERNAL_ERROR,
-                                             f"work file unreadable: {describe(err)}")
-        usable = [c for c in cands if c.usable_in_work]
-        faces += [_Face(clip, c, outcome.work) for c in usable]
-        rejected += [_Face(clip, c, outcome.work) for c in cands if not c.usable_in_work]
-        clip_rows.append(_clip_row(clip, outcome, ident, shard, len(cands), len(usable)))
-    # Identity check (issue 13): other people's faces leave before selection; an identity
-    # without a dominant person is dropped with that reason.
-    faces, rejected, decision = check_identity(faces, rejected, clip_rows, config.identity)
-    item = _Identity(ident, clip_rows, faces, rejected, None, identity=decision)
-    if decision.drop_reason is not None:
-        item.pending = dropped_selection(decision)
-        return item
-    s = config.selection
-    try:
-        poses = np.array([[f.cand.yaw, f.cand.pitch, f.cand.roll] for f in faces],
-                         dtype=np.float64).reshape(-1, 3)
-        sharpness = np.array([f.cand.sharpness or 0.0 for f in faces], dtype=np.float64)
-        item.pending = plan_selection(poses, sharpness, n_images=s.images_per_identity,
-                                      pose_clusters=s.pose_clusters,
-                                      scored_per_cluster=s.scored_per_cluster, seed=s.seed)
-    except Exception as err:  # noqa: BLE001 - one identity must not lose the shard
-        item.message = describe(err)
-    return item
-
-
-def _crops_png(faces: list[_Face]) -> list[bytes]:
-    """The crops of these faces as PNG bytes, reading each work file once."""
-    by_work: dict[str, set[int]] = {}
-    for face in faces:
-        by_work.setdefault(face.work, set()).add(face.cand.work_index)
-    images = {work: read_images(work, indices) for work, indices in by_work.items()}
-    return [images[f.work][f.cand.work_index][0] for f in faces]
-
-
-def _score_and_choose(config: BuildConfig, idents: list[_Identity], score: ScoreFn
-                      ) -> list[Selection | None]:
-    """Score every face any identity of the shard wants scored, in fixed requests in shard
-    order (so the same requests whatever the scheduling), then choose per identity."""
-    wanted: list[tuple[int, int]] = []          # (identity position, face index)
-    for pos, item in enumerate(idents):
-        if isinstance(item.pending, PendingSelection):
-            wanted += [(pos, i) for i in item.pending.scored]
-    scores: dict[tuple[int, int], float] = {}
-    failed: dict[int, str] = {}
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start:start + _CHUNK]
-        try:
-            crops = _crops_png([idents[p].faces[i] for p, i in chunk])
-            values = score_in_requests(score, crops)
-            scores.update(zip(chunk, (float(v) for v in values), strict=True))
-        except Exception as err:  # noqa: BLE001 - those identities are dropped, the rest go on
-            for p, _ in chunk:
-                failed.setdefault(p, describe(err))
-    out: list[Selection | None] = []
-    for pos, item in enumerate(idents):
-        pending = item.pending
-        if pos in failed:
-            item.message, pending = failed[pos], None
-        if isinstance(pending, PendingSelection):
-            try:
-                pending = finish_selection(pending, [scores[(pos, i)] for i in pending.scored],
-                                           config.selection.images_per_identity)
-            except Exception as err:  # noqa: BLE001
-                item.message, pending = describe(err), None
-        out.append(pending)
-    return out
-
-
-# Faces whose crops are read and scored together (a multiple of the pool's request size, so
-# chunking does not change which crops share a request).
-_CHUNK = 64 * 8
-
-
-def _sample(config: BuildConfig, item: _Identity, selection: Selection,
-            model_name: str) -> Sample:
-    chosen = [item.faces[i] for i in selection.choice.selected]
-    by_work: dict[str, set[int]] = {}
-    for face in chosen:
-        by_work.setdefault(face.work, set()).add(face.cand.work_index)
-    images = {work: read_images(work, indices) for work, indices in by_work.items()}
-    records = [_image_record(index, item.faces[face_index], selection, face_index, model_name)
-               for index, face_index in enumerate(selection.choice.selected)]
-    ident = item.ident
-    record = {
-        "format_version": FORMAT_VERSION, "key": ident.key, "identity_id": ident.identity_id,
-        "sources": ident.sources, "source_video_ids": ident.source_video_ids,
-        "split": ident.split, "crop_size": config.analysis.crop_size, "images": records,
-    }
-    members = [(JSON_EXT, encode_json(record))]
-    pngs = [images[f.work][f.cand.work_index] for f in chosen]
-    members += [(image_ext(i), encode_jpeg(decode_png(crop))) for i, (crop, _) in enumerate(pngs)]
-    members += [(mask_ext(i), mask) for i, (_, mask) in enumerate(pngs)]
-    return Sample(ident.key, members)
+def assemble_shard(folder: bf.BuildFolder, spec: ShardSpec, outcomes: dict[str, ClipOutcome],
+                   score: ScoreFn, *, selection: SelectionConfig, identity: IdentityConfig,
+                   crop_size: int, quality_model: str) -> ShardResult:
+    """Both stages in this process, one identity after another (tests, tools): the same bytes
+    as the build's per-identity tasks."""
+    started = time.monotonic()
+    results = [select_identity(ident, spec.name, outcomes, score, selection=selection,
+                               identity=identity, crop_size=crop_size,
+                               quality_model=quality_model)
+               for ident in spec.identities]
+    return write_shard(folder, spec, results, started)
 
 
 # --- rows -------------------------------------------------------------------------------------
