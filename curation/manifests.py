@@ -23,7 +23,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+# 1: the first release; 2: identities.mean_embedding, clips.codec and clips.decoder (nullable
+# columns: parts of version 1 read them as nulls)
+SCHEMA_VERSION = 2
 TABLES = ("clips", "faces", "identities")
 ENUMERATION_PART = "part-enumeration.parquet"
 
@@ -126,6 +128,7 @@ IDENTITIES_SCHEMA = _schema("identities", [
     pa.field("n_persons", pa.int64()),                      # people told apart among its faces
     pa.field("identity_consistency", pa.float64()),         # max distance of kept faces to mean
     pa.field("duplicate_group", pa.string()),               # same person as other identities
+    pa.field("mean_embedding", pa.list_(pa.float32())),     # unit mean of the kept person
 ])
 
 SHARDS_SCHEMA = _schema("shards", [

@@ -53,7 +53,7 @@ def test_shard_parts_round_trip_and_read_as_one_dataset(tmp_path):
 
     part = tmp_path / "identities" / "part-train-000000.parquet"
     assert manifests.part_shard_sha256(part) == "aa" * 32
-    assert pq.read_schema(part).metadata[manifests.META_VERSION] == b"1"
+    assert pq.read_schema(part).metadata[manifests.META_VERSION] == str(manifests.SCHEMA_VERSION).encode()
 
 
 def test_temporary_files_are_invisible_to_dataset_readers(tmp_path):

@@ -257,3 +257,31 @@ def test_a_takedown_of_one_member_of_a_duplicate_group_leaves_the_others(demo_bu
     assert len(kept) == len(others) and (kept.status == "kept").all()
     assert set(kept.duplicate_group) == set(group.duplicate_group)
     assert verify_build(VerifyConfig(output=str(output), progress=False)) == []
+
+
+def test_each_kept_identity_records_the_mean_the_duplicate_pass_used_to_compute(demo_build):
+    from curation.pipeline.identity_check import identity_means, kept_identity_means
+
+    kept, ids, means = kept_identity_means(demo_build.manifests_dir)
+    faces = build_folder.read_manifest(demo_build.manifests_dir, "faces",
+                                       ["identity_id", "embedding", "reason"])
+    old_ids, old_means = identity_means(faces[faces.identity_id.isin(set(kept.identity_id))])
+    assert ids == old_ids and len(ids) == len(kept) > 0
+    np.testing.assert_array_equal(means, old_means)      # the very same float32 vectors
+
+
+def test_the_duplicate_pass_reads_an_older_build_without_recorded_means(demo_build, tmp_path):
+    """Parts written before `mean_embedding` existed: the means come from the faces."""
+    import pyarrow.parquet as pq
+
+    from curation.pipeline.identity_check import kept_identity_means
+
+    manifests_dir = tmp_path / "manifests"
+    shutil.copytree(demo_build.manifests_dir, manifests_dir)
+    for part in sorted((manifests_dir / "identities").glob("part-*.parquet"))[:1]:
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns(["mean_embedding"]), part)
+    _, ids, means = kept_identity_means(manifests_dir)
+    _, new_ids, new_means = kept_identity_means(demo_build.manifests_dir)
+    assert ids == new_ids
+    np.testing.assert_array_equal(means, new_means)

@@ -3,7 +3,6 @@ outcome counts the summary, run.json and the report share."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,9 @@ def read_part(path: Path, table: str, columns: list[str] | None = None) -> pa.Ta
 
 
 def read_manifest_table(manifests_dir: Path | str, name: str,
-                        columns: list[str] | None = None,
-                        on_rows: Callable[[int, int], None] | None = None) -> pa.Table:
+                        columns: list[str] | None = None) -> pa.Table:
     """One manifest table (all its parts) with its declared schema; empty when none was
-    written. `on_rows(done, total)` is called per record batch (progress bars)."""
+    written. Parts written before a column was added read it as nulls."""
     manifests_dir = Path(manifests_dir)
     schema = manifests.SCHEMAS[name]
     target = pa.schema([schema.field(c) for c in columns]) if columns else schema
@@ -40,20 +38,12 @@ def read_manifest_table(manifests_dir: Path | str, name: str,
     if not folder.is_dir() or not any(folder.glob("*.parquet")):
         return target.empty_table()
     dataset = pads.dataset(folder, schema=schema, format="parquet")
-    total = dataset.count_rows() if on_rows else 0
-    batches, done = [], 0
-    for batch in dataset.to_batches(columns=columns):
-        batches.append(batch)
-        done += batch.num_rows
-        if on_rows:
-            on_rows(done, total)
-    return pa.Table.from_batches(batches, schema=target)
+    return dataset.to_table(columns=columns)
 
 
-def read_manifest(manifests_dir: Path | str, name: str, columns: list[str] | None = None,
-                  on_rows: Callable[[int, int], None] | None = None):
+def read_manifest(manifests_dir: Path | str, name: str, columns: list[str] | None = None):
     """`read_manifest_table` as a pandas DataFrame."""
-    return read_manifest_table(manifests_dir, name, columns, on_rows).to_pandas()
+    return read_manifest_table(manifests_dir, name, columns).to_pandas()
 
 
 def write_shard_parts(folder: BuildFolder, shard: str, shard_sha256: str,

@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import build_folder as bf
 from curation import manifests
@@ -248,12 +251,16 @@ def face_columns(cand) -> dict[str, Any]:
     }
 
 
-def identity_columns(decision: IdentityDecision | None, kept: bool) -> dict[str, Any]:
-    """The identity columns of an identities-manifest row."""
+def identity_columns(decision: IdentityDecision | None, kept: bool,
+                     face_rows: Sequence[dict] = ()) -> dict[str, Any]:
+    """The identity columns of an identities-manifest row; `face_rows` are the identity's rows
+    of the faces manifest, whose person mean a kept identity records (`person_mean`)."""
     if decision is None or decision.centroid is None:    # nothing embedded: not checked
-        return {"n_persons": None, "identity_consistency": None}
+        return {"n_persons": None, "identity_consistency": None, "mean_embedding": None}
+    mean = person_mean(face_rows) if kept else None
     return {"n_persons": decision.n_persons,
-            "identity_consistency": decision.consistency if kept else None}
+            "identity_consistency": decision.consistency if kept else None,
+            "mean_embedding": None if mean is None else mean.tolist()}
 
 
 # --- across identities -------------------------------------------------------------------------
@@ -262,27 +269,79 @@ def identity_columns(decision: IdentityDecision | None, kept: bool) -> dict[str,
 PERSON_FACE_REASONS = (None, Reason.NOT_SELECTED.value, Reason.NOT_SCORED.value)
 
 
+def person_mean(face_rows: Sequence[dict]) -> np.ndarray | None:
+    """The unit mean embedding of an identity's person faces (`PERSON_FACE_REASONS`, with an
+    embedding) from its faces-manifest rows; None when none is embedded. Recorded once per kept
+    identity (`mean_embedding`), so the pass across identities reads one vector per identity."""
+    vectors = [np.asarray(row["embedding"], np.float32) for row in face_rows
+               if row.get("embedding") is not None and _reason(row) in PERSON_FACE_REASONS]
+    if not vectors:
+        return None
+    return normalise_rows(np.stack(vectors).mean(axis=0, keepdims=True))[0]
+
+
+def _reason(row: dict) -> str | None:
+    reason = row.get("reason")
+    return reason if isinstance(reason, str) else None    # pandas may hold a null as NaN
+
+
 def identity_means(faces) -> tuple[list[str], np.ndarray]:
-    """(identity ids, unit mean embeddings) from a faces frame (identity_id, embedding, reason),
-    over each identity's person faces (`PERSON_FACE_REASONS`) that carry an embedding."""
-    usable = faces[faces["embedding"].notna() & (faces["reason"].isna()
-                                                 | faces["reason"].isin(PERSON_FACE_REASONS[1:]))]
+    """(identity ids, unit mean embeddings) from a faces frame (identity_id, embedding, reason):
+    `person_mean` per identity, for builds whose identities manifest predates `mean_embedding`."""
     ids, means = [], []
-    for identity_id, group in usable.groupby("identity_id", sort=True):
-        vectors = np.stack([np.asarray(v, np.float32) for v in group["embedding"]])
-        ids.append(str(identity_id))
-        means.append(vectors.mean(axis=0))
+    for identity_id, group in faces.groupby("identity_id", sort=True):
+        mean = person_mean(group[["embedding", "reason"]].to_dict("records"))
+        if mean is not None:
+            ids.append(str(identity_id))
+            means.append(mean)
     if not means:
         return [], np.zeros((0, 0), np.float32)
-    return ids, normalise_rows(np.stack(means))
+    return ids, np.stack(means)
 
 
-def duplicate_pairs(means: np.ndarray, threshold: float, block: int = 4096
+def kept_identity_means(manifests_dir) -> tuple[pd.DataFrame, list[str], np.ndarray]:
+    """(kept identities' rows, ids, (n, dim) unit means) read from the identities manifest: one
+    vector per identity, straight from Arrow into one float32 array (no Python floats), so the
+    driver's memory is O(identities). Kept identities of an older build without
+    `mean_embedding` are computed from their faces."""
+    columns = ["identity_id", "split", "shard", "status", "duplicate_group", "mean_embedding"]
+    table = bf.read_manifest_table(manifests_dir, "identities", columns)
+    table = table.filter(pc.equal(table["status"], Status.KEPT.value))
+    kept = table.drop_columns(["mean_embedding"]).to_pandas()
+    recorded = table["mean_embedding"]
+    has = np.asarray(recorded.is_valid().to_numpy(zero_copy_only=False), bool)
+    ids = [str(i) for i, ok in zip(kept["identity_id"], has, strict=True) if ok]
+    vectors = recorded.filter(pa.array(has)).combine_chunks()
+    dim = len(vectors[0]) if len(vectors) else 0
+    means = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    means = means.reshape(len(ids), dim) if ids else np.zeros((0, 0), np.float32)
+    missing = set(kept["identity_id"][~has])
+    if missing:
+        faces = bf.read_manifest(manifests_dir, "faces", ["identity_id", "embedding", "reason"])
+        old_ids, old_means = identity_means(faces[faces["identity_id"].isin(missing)])
+        if old_ids:
+            order = np.argsort(ids + old_ids, kind="stable")
+            merged = np.concatenate([means, old_means]) if len(ids) else old_means
+            ids = [(ids + old_ids)[i] for i in order]
+            means = merged[order]
+    order = np.argsort(ids, kind="stable")    # identity_means' order: sorted ids
+    return kept, [ids[i] for i in order], means[order] if len(ids) else means
+
+
+# Bytes of one block of the similarity search: at 134,000 identities a block is ~250 rows, and
+# the driver's peak stays far under 1 GB (bench/duplicates_scale.py).
+SIMILARITY_BLOCK_BYTES = 128 << 20
+
+
+def duplicate_pairs(means: np.ndarray, threshold: float, block: int | None = None
                     ) -> list[tuple[int, int, float]]:
     """Every pair (i < j) of unit vectors closer than `threshold` in cosine distance: exact,
-    one (block x n) matrix product at a time, so memory stays at block * n floats."""
+    one (block x n) matrix product at a time, so memory stays at block * n floats (by default
+    `SIMILARITY_BLOCK_BYTES`)."""
     means = np.ascontiguousarray(means, dtype=np.float32)
     n = len(means)
+    if block is None:
+        block = max(1, SIMILARITY_BLOCK_BYTES // (4 * max(n, 1)))
     pairs: list[tuple[int, int, float]] = []
     min_similarity = np.float32(1.0 - threshold)
     for start in range(0, n, block):
@@ -343,13 +402,7 @@ def resolve_duplicates(folder: bf.BuildFolder, config) -> DuplicateResult:
     result = DuplicateResult()
     if not identity.enabled:
         return result
-    idents = bf.read_manifest(folder.manifests_dir, "identities",
-                              ["identity_id", "split", "shard", "status", "duplicate_group"])
-    kept = idents[idents["status"] == Status.KEPT]
-    faces = bf.read_manifest(folder.manifests_dir, "faces",
-                             ["identity_id", "embedding", "reason"])
-    faces = faces[faces["identity_id"].isin(set(kept["identity_id"]))]
-    ids, means = identity_means(faces)
+    kept, ids, means = kept_identity_means(folder.manifests_dir)
     result.identities = len(ids)
     pairs = duplicate_pairs(means, identity.duplicate()) if len(ids) > 1 else []
     info = kept.set_index("identity_id")
