@@ -208,3 +208,45 @@ def test_ddp_wraps_only_what_trains_and_gives_the_same_loss(flux_dir):
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         if p.requires_grad and q.grad is not None:
             assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
+
+
+def test_a_single_file_flux_checkpoint_loads_through_from_single_file(flux_dir, tmp_path):
+    """The transformer as one .safetensors file (diffusers' `from_single_file`, with the tiny
+    configs as --flux-config) and the VAE as one file too give the folder's weights."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    from training.flux import FluxLayoutError, load_flux_modules
+
+    folder_transformer = FluxTransformer2DModel.from_pretrained(flux_dir, subfolder="transformer")
+    folder_vae = AutoencoderKL.from_pretrained(flux_dir, subfolder="vae")
+    save_file(folder_transformer.state_dict(), str(tmp_path / "flux1-tiny.safetensors"))
+    save_file(folder_vae.state_dict(), str(tmp_path / "ae-tiny.safetensors"))
+    config = flux_config(flux_dir).flow
+    config.flux_path = str(tmp_path / "flux1-tiny.safetensors")
+    config.flux_vae = str(tmp_path / "ae-tiny.safetensors")
+    config.flux_config = str(flux_dir)      # transformer/config.json, vae/config.json
+    transformer, vae, prompt = load_flux_modules(config)
+    for got, expected in ((transformer, folder_transformer), (vae, folder_vae)):
+        want = expected.state_dict()
+        assert got.state_dict().keys() == want.keys()
+        assert all(torch.equal(v, want[k]) for k, v in got.state_dict().items())
+    assert prompt["prompt_embeds"].shape[-1] == TEXT_WIDTH
+
+    save_file({"unet.conv_in.weight": torch.zeros(4, 4)}, str(tmp_path / "other.safetensors"))
+    config.flux_path = str(tmp_path / "other.safetensors")
+    with pytest.raises(FluxLayoutError, match="diffusers layout"):
+        load_flux_modules(config)
+
+
+def test_flux_dev_configs_for_single_files_are_flux1_dev_s():
+    import json
+
+    from training.flux import flux_dev_config_dir
+    root = flux_dev_config_dir()
+    transformer = json.loads((root / "transformer" / "config.json").read_text())
+    vae = json.loads((root / "vae" / "config.json").read_text())
+    assert (transformer["num_layers"], transformer["num_single_layers"],
+            transformer["num_attention_heads"], transformer["joint_attention_dim"]) == (
+        19, 38, 24, 4096)
+    assert vae["latent_channels"] == 16 and vae["scaling_factor"] == 0.3611

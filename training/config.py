@@ -111,7 +111,9 @@ class FlowConfig:
     # evaluation can generate a face in the target's pose from pure noise without seeing it.
     pose_condition: bool = True
     decoder: FlowDecoderKind = FlowDecoderKind.DIT
-    flux_path: str = ""                # local diffusers folder (transformer/, vae/) for FLUX
+    flux_path: str = ""                # local diffusers folder (transformer/, vae/) or one file
+    flux_vae: str = ""                 # VAE file or folder (default: flux_path's vae/)
+    flux_config: str = ""              # configs of a single-file FLUX (default: FLUX.1-dev's)
     prompt_embeds: str = ""            # .safetensors from `python -m training.prompt_embeds`
     guidance: float = 3.5              # FLUX-dev's distilled guidance input
     flux_dtype: WeightDtype = WeightDtype.FLOAT32
@@ -282,7 +284,7 @@ MODEL_SETTINGS = ENCODER_SETTINGS + ("data.target_size", "mtd", "flow")
 # Where the frozen files lie, not what they hold: part of "flow" above, but a value other than
 # the preset's (`--flux`, `--prompt-embeds`) wins over the checkpoint's, because the files may
 # have moved since it was saved (a resume on another machine or mount).
-LOCATION_SETTINGS = ("flow.flux_path", "flow.prompt_embeds")
+LOCATION_SETTINGS = ("flow.flux_path", "flow.prompt_embeds", "flow.flux_vae", "flow.flux_config")
 
 
 def get_setting(config: Any, path: str) -> Any:

@@ -3,7 +3,10 @@
 
 Contract:
 - `FluxDecoder(config, id_dim, image_size)` loads `transformer/` and `vae/` from the local
-  diffusers folder `config.flux_path` (nothing is downloaded: `local_files_only`), freezes both,
+  diffusers folder `config.flux_path`, or the transformer from a single file there (diffusers'
+  `from_single_file`: BFL's original layout or diffusers') and the VAE from `config.flux_vae`
+  (a file or a folder), with FLUX.1-dev's configs or `config.flux_config`'s (nothing is
+  downloaded: `local_files_only`), freezes both,
   and adds the trainable parts: diffusers' own `FluxIPAdapterAttnProcessor` on every dual-stream
   block (decoupled attention `softmax(q k_ip^T) v_ip` whose keys/values project the Omni-ID
   tokens; `to_v_ip` starts at zero, so the untrained adapter leaves FLUX's output unchanged) and,
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 
 from training.config import FlowConfig
+from training.errors import InputError
 from training.flow import POSE_CHANNELS, ConditionalFlowDecoder, landmark_maps
 
 PROMPT = "photo of a person."
@@ -114,19 +118,69 @@ class PoseInput(nn.Module):
         return self.base(latent) + self.pose(pose.float()).to(latent.dtype)
 
 
+FLUX_LAYOUTS = ("a FLUX.1-dev folder in diffusers layout (transformer/, vae/, text_encoder*/, "
+                "tokenizer*/)", "a single-file transformer checkpoint (.safetensors: Black Forest "
+                "Labs' flux1-dev.safetensors, or a diffusers-layout file) with --flux-vae (ae."
+                "safetensors, or a diffusers vae/ folder)")
+
+
+def flux_dev_config_dir() -> Path:
+    """FLUX.1-dev's released transformer/ and vae/ config.json files (no weights), written once
+    from the classes at FLUX.1-dev's configuration: what `from_single_file` reads to build a
+    single-file checkpoint without downloading anything (`--flux-config` names another)."""
+    import tempfile
+
+    from training.stand_ins import FLUX_DEV, build_flux_modules
+
+    root = Path(tempfile.gettempdir()) / "mfhq-flux1-dev-config"
+    if not (root / "vae" / "config.json").is_file():
+        with torch.device("meta"):
+            transformer, vae = build_flux_modules(FLUX_DEV)
+        transformer.save_config(root / "transformer")
+        vae.save_config(root / "vae")
+    return root
+
+
 def load_flux_modules(config: FlowConfig) -> tuple[nn.Module, nn.Module, dict]:
-    """(transformer, vae, prompt embeddings) from the local files the config names."""
+    """(transformer, vae, prompt embeddings) from the local files the config names: a diffusers
+    folder, or a single transformer file (diffusers' `from_single_file`) plus `flux_vae`."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-    root = require_file(config.flux_path, "FLUX diffusers folder",
-                        "Point --flux at a local copy of FLUX.1-dev in diffusers layout "
-                        "(transformer/, vae/, text_encoder*/, tokenizer*/).")
+    root = require_file(config.flux_path, "FLUX weights",
+                        "Point --flux at one of: " + "; or ".join(FLUX_LAYOUTS) + ".")
     dtype = getattr(torch, str(config.flux_dtype))
-    transformer = FluxTransformer2DModel.from_pretrained(
-        root, subfolder="transformer", torch_dtype=dtype, local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype,
-                                        local_files_only=True)
+    configs = Path(config.flux_config) if config.flux_config else None
+    common = {"torch_dtype": dtype, "local_files_only": True}
+    if root.is_file():
+        configs = configs or flux_dev_config_dir()
+        try:
+            transformer = FluxTransformer2DModel.from_single_file(
+                str(root), config=str(configs), subfolder="transformer", **common)
+        except Exception as exc:  # diffusers names what it could not map
+            raise FluxLayoutError(
+                f"--flux {root} is not a FLUX transformer checkpoint diffusers can read ({exc}). "
+                f"Expected one of: " + "; or ".join(FLUX_LAYOUTS)) from None
+        vae_path = require_file(config.flux_vae, "FLUX VAE (--flux-vae)",
+                                "A single-file --flux needs the VAE too: BFL's ae.safetensors "
+                                "or a diffusers vae/ folder.")
+    elif (root / "transformer").is_dir():
+        transformer = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer",
+                                                             **common)
+        vae_path = Path(config.flux_vae) if config.flux_vae else root / "vae"
+    else:
+        raise FluxLayoutError(f"--flux {root} has no transformer/ folder. Expected one of: "
+                              + "; or ".join(FLUX_LAYOUTS))
+    if vae_path.is_file():
+        vae = AutoencoderKL.from_single_file(str(vae_path), config=str(configs or
+                                                                      flux_dev_config_dir()),
+                                             subfolder="vae", **common)
+    else:
+        vae = AutoencoderKL.from_pretrained(vae_path, **common)
     return transformer, vae, load_prompt_embeds(config.prompt_embeds)
+
+
+class FluxLayoutError(InputError):
+    pass
 
 
 class FluxDecoder(ConditionalFlowDecoder):
