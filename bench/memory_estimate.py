@@ -11,6 +11,13 @@ bf16-matmul policy as CUDA's); CUDA allocator overhead (caching, fragmentation, 
 workspaces) is not included: budget ~10 % on top. `--stage mtd` is stage 1 of the two-stage
 recipe (no FLUX in memory), `joint` the joint stage's MTD + flow step (its peak; the MTD warm-up
 steps of stage `joint` hold the same weights and optimiser state with fewer activations).
+
+Under torchrun the trainer wraps only what trains in DDP (`training.train.wrap_trainable`): the
+frozen FLUX base is neither broadcast nor bucketed, and the gradients are views into DDP's
+buckets, so DDP adds no gradient copy to these figures (its bucket memory is the "gradients"
+column). With two or more batch sizes the script also fits total = fixed + per-identity x batch
+and prints the largest batch per GPU that fits each `--cards` size (decimal GB, as sold), with
+`--overhead` (default 10 %) on top for the CUDA allocator and workspaces.
 """
 
 from __future__ import annotations
@@ -94,15 +101,42 @@ def estimate(config: TrainConfig, batch_size: int, flux_size=None) -> dict[str, 
     return out
 
 
+def largest_batch(points: list[tuple[int, float]], card_gb: float,
+                  overhead: float = 0.10) -> tuple[int, float, float]:
+    """(largest batch that fits, fixed GiB, GiB per identity) from (batch, total GiB) points by
+    a least-squares line; the card's decimal GB as GiB, divided by 1 + overhead."""
+    if len({b for b, _ in points}) < 2:
+        raise ValueError("need totals at two or more batch sizes to fit a line")
+    n = len(points)
+    mean_b = sum(b for b, _ in points) / n
+    mean_t = sum(t for _, t in points) / n
+    slope = (sum((b - mean_b) * (t - mean_t) for b, t in points)
+             / sum((b - mean_b) ** 2 for b, _ in points))
+    fixed = mean_t - slope * mean_b
+    budget = card_gb * 1e9 / GIB / (1 + overhead)
+    return max(0, int((budget - fixed) // slope)), fixed, slope
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="paper", choices=("tiny", "paper"))
     p.add_argument("--stage", type=Stage, default=Stage.JOINT, choices=tuple(Stage))
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--cards", type=float, nargs="+", default=[80, 141],
+                   help="GPU memory sizes in GB (decimal) for the largest-batch lines")
+    p.add_argument("--overhead", type=float, default=0.10,
+                   help="fraction added for the CUDA allocator and workspaces")
+    p.add_argument("--totals", type=str, nargs="+", default=[], metavar="BATCH=GIB",
+                   help="skip the estimate: fit these measured totals (e.g. 1=43.5 8=99.5)")
     args = p.parse_args(argv)
+    if args.totals:
+        points = [(int(b), float(t)) for b, t in (x.split("=") for x in args.totals)]
+        print_fit(points, args.cards, args.overhead)
+        return 0
     print(f"{'preset':<7} {'stage':<6} {'batch':>5} {'trainable M':>12} {'frozen M':>9} "
           f"{'params':>7} {'grads':>6} {'optim':>6} {'activ.':>7} {'total GiB':>9}")
+    points: list[tuple[int, float]] = []
     for batch_size in args.batch_sizes:
         config = preset(args.preset)
         config.stage, config.backbone.weights = args.stage, ""
@@ -111,7 +145,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['frozen_M']:>9.0f} {row['Parameter'] + row['Buffer']:>7.1f} "
               f"{row['Gradient']:>6.1f} {row['Optstate']:>6.1f} "
               f"{row['Activation'] + row['Temp']:>7.1f} {row['Total']:>9.1f}")
+        points.append((batch_size, row["Total"]))
+    if len(set(args.batch_sizes)) > 1:
+        print_fit(points, args.cards, args.overhead)
     return 0
+
+
+def print_fit(points: list[tuple[int, float]], cards: list[float], overhead: float) -> None:
+    for card in cards:
+        batch, fixed, slope = largest_batch(points, card, overhead)
+        print(f"{card:g} GB card: largest batch per GPU {batch} (fit: {fixed:.1f} GiB + "
+              f"{slope:.2f} GiB per identity, +{overhead:.0%} overhead)")
 
 
 if __name__ == "__main__":

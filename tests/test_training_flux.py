@@ -250,3 +250,13 @@ def test_flux_dev_configs_for_single_files_are_flux1_dev_s():
             transformer["num_attention_heads"], transformer["joint_attention_dim"]) == (
         19, 38, 24, 4096)
     assert vae["latent_channels"] == 16 and vae["scaling_factor"] == 0.3611
+
+
+def test_the_memory_estimate_names_the_largest_batch_that_fits_a_card():
+    bench = _memory_estimate_module()
+    points = [(1, 43.5), (8, 99.5)]            # the joint step's totals in the README
+    assert bench.largest_batch(points, 80)[0] == 4      # 74.5 GiB / 1.1 = 67.7 -> 35.5 + 8 x 4
+    assert bench.largest_batch(points, 141)[0] == 10
+    assert bench.largest_batch(points, 40)[0] == 0      # not even one identity
+    with pytest.raises(ValueError, match="two or more"):
+        bench.largest_batch([(8, 99.5)], 80)
