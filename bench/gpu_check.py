@@ -11,6 +11,12 @@ achieved TFLOP/s, MFU against the GPU's dense bf16 peak (H100/H200 SXM: 989 TFLO
 datasheet's 1,979 with sparsity halved), peak allocated memory, the SDPA kernel used, last loss.
 A case that runs out of memory or fails prints its error in the table and the check goes on.
 
+Then, where the node has two or more GPUs (always in CPU mode, on gloo), the multi-process part:
+`torchrun --nproc_per_node 2 -m training.train` (tiny preset, synthetic shards) for 6 steps with
+a checkpoint at step 3, then a second job resumed from a copy of that checkpoint; its table gives
+the wall time of each job, the steps/s of the DDP steps and whether the resumed steps 4-6 have
+the uninterrupted job's losses (NCCL DDP over the trainable parts, the resume protocol).
+
 CPU mode (`--mode cpu`): the same cases on the tiny preset (32 px, tiny FLUX) with batch sizes
 1 and 2 and 2 timed steps: it checks the script end to end on any machine (437 s on 2 shared
 cores, 387 s of them in the two `torch.compile` cases; the eager cases take under a minute).
@@ -85,6 +91,81 @@ def print_table(rows: list[list[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
+DDP_HEADER = ["job", "processes", "backend", "wall s", "steps/s", "resume losses match", "note"]
+
+
+def _torchrun(args: list[str], nproc: int, timeout_s: int) -> tuple[int, float, str]:
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(nproc), "-m", "training.train", *args]
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return 124, time.perf_counter() - t0, f"timed out after {timeout_s} s"
+    return done.returncode, time.perf_counter() - t0, (done.stdout + done.stderr)[-400:]
+
+
+def ddp_resume_check(gpu: bool, timeout_s: int = 150) -> list[list[str]]:
+    """Two processes of DDP, then a resumed job (module doc); one row per job."""
+    import json
+    import shutil
+    import tempfile
+
+    from training.synthetic import SyntheticConfig, write_shards
+
+    nproc = 2
+    if gpu and torch.cuda.device_count() < 2:
+        return [["ddp", "1", "nccl", "", "", "", "skipped: one GPU on this node"]]
+    backend = "nccl" if gpu else "gloo"
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-ddp-"))
+    try:
+        size = 64 if gpu else 32
+        paths = write_shards(SyntheticConfig(out=work / "shards", identities=16,
+                                             test_identities=0, size=size, per_shard=4,
+                                             progress=False))
+        train = sorted(str(p) for p in paths["train"])
+        common = ["--preset", "tiny", "--device", "cuda" if gpu else "cpu", "--shards",
+                  "::".join(train), "--image-size", str(size), "--batch-size", "2",
+                  "--n-tgt", "2", "--shuffle-buffer", "2", "--max-steps", "6",
+                  "--ckpt-every", "3", "--log-every", "1", "--no-progress"]
+        rows = []
+        rc, wall, tail = _torchrun(common + ["--out", str(work / "a")], nproc, timeout_s)
+        rows.append(["ddp 6 steps", str(nproc), backend, f"{wall:.0f}", f"{6 / wall:.2f}", "",
+                     "ok" if rc == 0 else f"failed ({rc}): {tail[-120:]}"])
+        if rc != 0:
+            return rows
+        (work / "b").mkdir()
+        shutil.copy(work / "a" / "checkpoint-00000003.pt", work / "b")
+        rc, wall, tail = _torchrun(common + ["--out", str(work / "b"), "--resume"], nproc,
+                                   timeout_s)
+        match = ""
+        if rc == 0:
+            def losses(run: Path) -> dict[int, float]:
+                lines = (run / "metrics.jsonl").read_text().splitlines()
+                return {r["step"]: r["loss"] for r in map(json.loads, lines) if "eval" not in r}
+            a, b = losses(work / "a"), losses(work / "b")
+            match = "yes" if sorted(b) == [4, 5, 6] and all(
+                abs(b[s] - a[s]) <= 1e-4 * max(1.0, abs(a[s])) for s in b) else \
+                f"NO: {[(s, a.get(s), b[s]) for s in sorted(b)]}"
+        rows.append(["resume from step 3", str(nproc), backend, f"{wall:.0f}", "", match,
+                     "ok" if rc == 0 else f"failed ({rc}): {tail[-120:]}"])
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_rows(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    for r in [header] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="skip the remaining cases after this many seconds")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="override the GPU's peak")
+    p.add_argument("--no-ddp", action="store_true",
+                   help="skip the 2-process DDP + resume jobs")
+    p.add_argument("--only-ddp", action="store_true",
+                   help="run only the 2-process DDP + resume jobs")
     args = p.parse_args(argv)
     gpu = args.mode == "gpu"
     if gpu and not torch.cuda.is_available():
@@ -113,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
           f"FLUX {flux_size.layers}+{flux_size.single_layers} blocks of width "
           f"{flux_size.heads * flux_size.head_dim}", flush=True)
     rows, started = [], time.perf_counter()
-    for case in cases((1, 8) if gpu else (1, 2)):
-        if time.perf_counter() - started > args.budget_s:
+    for case in [] if args.only_ddp else cases((1, 8) if gpu else (1, 2)):
+        # the DDP + resume jobs after the cases take up to ~2.5 min: keep time for them
+        if time.perf_counter() - started > args.budget_s - (0 if args.no_ddp else 150):
             rows.append(row_text(case, None, "skipped: time budget"))
             continue
         t0 = time.perf_counter()
@@ -131,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
         print(f"# {case} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     print_table(rows)
+    if not args.no_ddp:
+        t0 = time.perf_counter()
+        print()
+        print_rows(DDP_HEADER, ddp_resume_check(gpu))
+        print(f"# ddp + resume done in {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"# total {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -3,10 +3,13 @@
 # else of ours. It installs timm, diffusers, safetensors, webdataset, ... from the wheels carried
 # in .whl/ at the repo root (build that folder with `bash bench/gpu_wheels.sh TORCH_VERSION` on a
 # machine with PyPI access; torch itself is never installed or replaced), then runs
-# bench/gpu_check.py and prints one table. Finishes in under 8 minutes on an H100/H200.
+# bench/gpu_check.py and prints its tables: the training steps, then (with 2+ GPUs on the node;
+# always with --cpu, on gloo) 2-process DDP under torchrun and a job resumed from its checkpoint.
+# Finishes in under 8 minutes on an H100/H200.
 #
 #   bash bench/gpu_check.sh            # GPU: paper preset, bf16, batch 1 and 8, compile on/off
 #   bash bench/gpu_check.sh --cpu      # any machine: the same cases on tiny sizes (self-check)
+#   bash bench/gpu_check.sh --cpu --only-ddp   # just the DDP + resume jobs (about a minute)
 #   GPU_CHECK_CPU=1 bash bench/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
