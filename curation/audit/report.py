@@ -25,9 +25,13 @@ import sys
 from pathlib import Path
 
 from curation import build_folder as bf
-from curation.audit.report_data import ReportConfig, choose_identities, compute_counts, read_build
+from curation.audit.report_data import ReportConfig, compute_counts, read_build
 from curation.audit.report_html import render_html
-from curation.audit.report_sheets import load_contact_sheets, load_mismatch_sheets
+from curation.audit.report_sheets import (
+    choose_identities,
+    load_contact_sheets,
+    load_mismatch_sheets,
+)
 from curation.errors import SetupError
 
 __all__ = ["ReportConfig", "choose_identities", "main", "write_report"]
