@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := demo-output
 
-.PHONY: setup demo test lint clean-demo
+.PHONY: setup demo test test-fast lint clean-demo
 
 setup: $(STAMP)
 
@@ -16,6 +16,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The inner loop: everything but the end-to-end builds, Ray clusters and training runs
+# (tests marked slow, see tests/conftest.py), in a few minutes on 2 cores.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check curation training mfhq mfhq_contract tests bench scripts

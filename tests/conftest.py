@@ -10,6 +10,18 @@ import pytest
 
 RAY_TEST_CPUS = 2
 
+# The fast tier (`make test-fast`, `pytest -m "not slow"`) leaves out every test that needs one
+# of these (directly or through another fixture): the demo corpus and the builds made from it,
+# and a local Ray. Tests that start clusters, `ray job submit`, whole builds or training runs
+# without them carry `pytest.mark.slow` themselves.
+SLOW_FIXTURES = frozenset({"demo_corpus", "demo_build", "ray_local"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @dataclass
 class DemoBuild:

@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 from _reliability_helpers import manifest_rows, shard_hashes, write_folder_corpus
 
+# whole builds (and, for clusters, Ray nodes started here): the full suite only
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 FLAGS = ["--no-progress", "--identities-per-shard", "1"]
 

@@ -26,6 +26,9 @@ from _reliability_helpers import (
     wait_for,
 )
 
+# whole builds (and, for clusters, Ray nodes started here): the full suite only
+pytestmark = pytest.mark.slow
+
 NEW_YTB = "NEWidentity1"
 
 

@@ -25,6 +25,9 @@ from _reliability_helpers import (
     wait_for,
 )
 
+# whole builds (and, for clusters, Ray nodes started here): the full suite only
+pytestmark = pytest.mark.slow
+
 SMALL = ["--no-progress", "--num-cpus", "2", "--limit", "3", "--identities-per-shard", "1"]
 
 

@@ -19,6 +19,9 @@ from _reliability_helpers import manifest_rows, shard_hashes, write_folder_corpu
 
 from curation.records import Reason
 
+# whole builds (and, for clusters, Ray nodes started here): the full suite only
+pytestmark = pytest.mark.slow
+
 FLAGS = ["--no-progress", "--identities-per-shard", "1"]
 
 

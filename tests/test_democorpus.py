@@ -29,10 +29,11 @@ MIN_FACE_SIZE = 160
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("democorpus") / "corpus"
-    summary = build_demo_corpus(out, seed=0, with_bad_inputs=True)
-    return out, summary
+def corpus(demo_corpus) -> tuple[Path, dict]:
+    """The session's demo corpus (seed 0, bad inputs: what `mfhq demo` builds), built once for
+    these checks and the demo build alike."""
+    paths, summary = demo_corpus
+    return paths.corpus, summary
 
 
 @pytest.fixture(scope="module")
