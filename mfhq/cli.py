@@ -9,6 +9,7 @@
     mfhq train       train the Omni-ID encoder on shards              training.train
     mfhq eval        evaluate a checkpoint on held-out shards         training.eval
     mfhq encode      face images -> identity tokens                   training.encode
+    mfhq models      list the model files; fetch the missing ones     mfhq.models
 
 Each subcommand is that module's `main(argv)` (so `python -m <module>` works the same) and is
 imported only when called: `mfhq train` never imports the curation half, nor `mfhq build` torch
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train the Omni-ID encoder on MFHQ shards"),
     "eval": ("training.eval", "evaluate an Omni-ID checkpoint on held-out shards"),
     "encode": ("training.encode", "encode a folder of face images into identity tokens"),
+    "models": ("mfhq.models", "list the model files of the build and the trainer; fetch them"),
 }
 
 
