@@ -129,7 +129,6 @@ class DataConfig:
     shuffle_buffer: int = 64
     workers: int = 0
     samples_per_epoch: int = 10_000    # per rank; `with_epoch` sizing
-    resampled: bool = True
 
     @property
     def target_px(self) -> int:
