@@ -4,16 +4,19 @@ The build, `verify`, `report` and `takedown` all read and write a build folder t
 package (imported as `from curation import build_folder as bf`), whose rooms are:
 
     layout   file and folder names, `BuildFolder` paths, which shard a part belongs to
-    files    the atomic writers, sha256 of a file, JSON records
+    files    the atomic writers, sha256 of a file, JSON records, what a full output raises
+    lock     one build per output: a lock with a lease and a heartbeat
     tables   manifest parts and whole manifests, the shards table, outcome counts
     tars     shard tars read as bytes
 """
 
 from curation.build_folder.files import (
+    OUTPUT_FULL_ERRNOS,
     atomic_write,
     file_sha256,
     file_sha256_or_none,
     fsync_dir,
+    is_output_full,
     read_json,
     remove_stale_temporaries,
     staged_path,
@@ -30,6 +33,7 @@ from curation.build_folder.layout import (
     require_manifests,
     shard_of_part,
 )
+from curation.build_folder.lock import BuildLock, LockLost, OutputLocked
 from curation.build_folder.tables import (
     count_outcomes,
     outcome_counts,
@@ -42,6 +46,7 @@ from curation.build_folder.tables import (
 from curation.build_folder.tars import TarMember, count_samples, iter_tar, read_samples
 
 __all__ = [
+    "OUTPUT_FULL_ERRNOS", "BuildLock", "LockLost", "OutputLocked", "is_output_full",
     "INFLIGHT_DIR", "LOGS_DIR", "PLAN_FILE", "RUN_FILE", "SHARDS_TABLE", "BuildFolder",
     "BuildFolders", "TarMember", "atomic_write", "count_outcomes", "count_samples",
     "file_sha256", "file_sha256_or_none", "fsync_dir", "iter_tar", "outcome_counts",

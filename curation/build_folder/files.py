@@ -2,11 +2,16 @@
 
 Writers go through `atomic_write`/`write_parquet_atomic`: a hidden temporary file in the target
 folder, fsynced, renamed into place, the folder fsynced; readers skip hidden files, so no reader
-ever sees a partial file.
+ever sees a partial file. A writer that fails (a full disk) removes its temporary and raises.
+
+`is_output_full(err)` tells the errors of an output that refuses writes (no space, quota,
+file too large, read-only) from every other error, also through the wrappers Ray puts around
+a task's exception; `OUTPUT_FULL_ERRNOS` lists them.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,15 +41,20 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write bytes (or UTF-8 text) to `path` so that readers see the old file or the new one."""
+    """Write bytes (or UTF-8 text) to `path` so that readers see the old file or the new one;
+    on failure nothing is left but the old file, and the error is raised."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)     # a half-written temporary only takes space
+        raise
     fsync_dir(path.parent)
 
 
@@ -53,14 +63,42 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
-    pq.write_table(table, tmp, compression="zstd")
-    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        pq.write_table(table, tmp, compression="zstd")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
+
+
+# The output refuses writes: no space, over quota, a file too large, a read-only filesystem.
+OUTPUT_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+# How those errors read once a task's exception became text (Arrow's IOError, Ray's failures).
+_OUTPUT_FULL_TEXTS = tuple(f"[Errno {e}]" for e in sorted(OUTPUT_FULL_ERRNOS)) + tuple(
+    os.strerror(e) for e in sorted(OUTPUT_FULL_ERRNOS))
+
+
+def is_output_full(err: BaseException | str | None) -> bool:
+    """True when `err` (an exception, or a failure message) is the output refusing writes: an
+    OSError with one of OUTPUT_FULL_ERRNOS, or any error caused by one (Ray's RayTaskError
+    `.cause`, `__cause__`, `__context__`), or a message that quotes one."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, str):
+            return any(text in err for text in _OUTPUT_FULL_TEXTS)
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in OUTPUT_FULL_ERRNOS:
+            return True
+        if any(text in str(err) for text in _OUTPUT_FULL_TEXTS):
+            return True     # pyarrow raises OSError without errno, quoting it in the text
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return False
 
 
 def staged_path(final: Path) -> Path:
