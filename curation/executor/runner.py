@@ -34,7 +34,15 @@ from curation.pipeline.finalize import (
 from curation.pipeline.identity_check import resolve_duplicates
 from curation.pipeline.incremental import retry_candidates
 from curation.pipeline.models import check_models
-from curation.pipeline.output import OutputPlan, decide_output, prepare_output, resume_check
+from curation.pipeline.output import (
+    OutputPlan,
+    decide_output,
+    output_full_message,
+    output_name,
+    prepare_output,
+    remove_temporaries,
+    resume_check,
+)
 from curation.pipeline.plan import build_plan
 from curation.pipeline.shard import enumeration_rows
 from curation.records import Reason
@@ -44,8 +52,29 @@ __all__ = ["BuildSummary", "format_summary", "run_build"]
 
 
 def run_build(config: BuildConfig) -> BuildSummary:
-    """Plan, build every unfinished shard, finalize. Raises a SetupError (BuildRefused,
-    SourceError, MissingWeightsError) before any Ray work."""
+    """Plan, build every unfinished shard, finalize, holding the output's lock throughout
+    (`bf.BuildLock`: one build per output). Raises a SetupError (OutputLocked, BuildRefused,
+    SourceError, MissingWeightsError) before any Ray work, LockLost when another build took the
+    output over, and the OSError when the output refuses writes (`bf.is_output_full`); a full
+    output, in the summary's failures or raised, leaves no temporaries behind."""
+    config.validate()
+    folder = bf.BuildFolder.of(config)
+    lock = bf.BuildLock.acquire(folder.manifests_dir, output_name(config))
+    try:
+        summary = _run_build_locked(config)
+        lock.check()
+        if any(bf.is_output_full(message) for _, message in summary.shards_failed):
+            remove_temporaries(folder)
+        return summary
+    except Exception as err:
+        if bf.is_output_full(err):
+            remove_temporaries(folder)   # ours alone: the lock is still held
+        raise
+    finally:
+        lock.release()
+
+
+def _run_build_locked(config: BuildConfig) -> BuildSummary:
     import ray
 
     from curation.executor.quality_pool import QualityPool
@@ -138,7 +167,6 @@ def run_build(config: BuildConfig) -> BuildSummary:
 
 MODEL_CHECK_TIMEOUT_S = 900.0     # loading the quality model once on the driver's CPU
 
-
 class _InThread:
     """`fn(*args)` in a daemon thread from now on; `result` waits for it (bounded) and returns
     its value or raises its exception."""
@@ -227,12 +255,30 @@ def dry_run(config: BuildConfig) -> list[str]:
     return lines
 
 
-EXIT_OK, EXIT_SHARDS_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SHARDS_FAILED, EXIT_USAGE, EXIT_OUTPUT_FULL, EXIT_INTERNAL_ERRORS = 0, 1, 2, 3, 4
+
+
+def exit_code(summary: BuildSummary) -> int:
+    """0: every shard written and no internal_error recorded; 1: some shard failed or the run
+    was interrupted; 3: the output refused writes; 4: finished, but the manifests record
+    internal_error outcomes (a bug, never a clean build). 2 (set-up) is main's."""
+    if any(bf.is_output_full(message) for _, message in summary.shards_failed):
+        return EXIT_OUTPUT_FULL
+    if not summary.ok:
+        return EXIT_SHARDS_FAILED
+    return EXIT_INTERNAL_ERRORS if internal_errors(summary.counts) else EXIT_OK
+
+
+def internal_errors(counts: dict) -> int:
+    """Clips and identities whose recorded outcome is internal_error."""
+    return sum(int(counts.get(key, {}).get(Reason.INTERNAL_ERROR.value, 0))
+               for key in ("clips_not_ok_by_reason", "identities_dropped_by_reason"))
 
 
 def main(argv: list[str] | None = None, prog: str = "mfhq build") -> int:
-    """`mfhq build` (also `curation/build_mfhq.py`): exit 0 when every shard was written, 1 when
-    some failed or the run was interrupted, 2 for set-up problems (message, no traceback)."""
+    """`mfhq build` (also `curation/build_mfhq.py`), exit codes as `exit_code`, 2 for set-up
+    problems (including an output another build holds) and 3 for an output that refuses
+    writes: one message, no traceback."""
     from curation.errors import SetupError
     from curation.pipeline.config import parse_args
     from curation.quiet import quiet_terminal, terminal
@@ -252,7 +298,22 @@ def main(argv: list[str] | None = None, prog: str = "mfhq build") -> int:
         except SetupError as err:
             print(f"{prog}: error: {err}", file=terminal())
             return EXIT_USAGE
+        except Exception as err:
+            if not bf.is_output_full(err):
+                raise
+            print(f"{prog}: error: {output_full_message(config, err)}", file=terminal())
+            return EXIT_OUTPUT_FULL
+        code = exit_code(summary)
+        if code == EXIT_OUTPUT_FULL:     # the one message; the shards' tracebacks say no more
+            full = next(m for _, m in summary.shards_failed if bf.is_output_full(m))
+            print(f"{prog}: error: {output_full_message(config, full)}", file=terminal())
+            return code
         if log is not None:
             summary.notes.append(f"library output (mediapipe, ffmpeg, Ray): {log}")
         print(format_summary(summary))
-    return EXIT_OK if summary.ok else EXIT_SHARDS_FAILED
+        if code == EXIT_INTERNAL_ERRORS:
+            print(f"{prog}: error: the manifests record {internal_errors(summary.counts)} "
+                  "internal_error outcomes (clips or identities; a bug, their messages are in "
+                  "the clips and identities manifests): the build is not clean. "
+                  "--retry-failed analyses them again.", file=terminal())
+    return code

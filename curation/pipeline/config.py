@@ -159,6 +159,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+EXIT_CODES_HELP = (
+    "One build per output: a second build on an output that a live build holds is refused, "
+    "naming the holder (a killed build's lock expires after its lease, at once on the same "
+    "machine). Exit codes: 0 every shard written and no internal_error recorded; 1 some shard "
+    "failed or the run was interrupted; 2 a set-up problem (inputs, model files, an output "
+    "that holds another build or that another build is running on), said in one message; "
+    "3 the output is full or refuses writes (a rerun after freeing space keeps what is "
+    "finished); 4 finished, but the manifests record internal_error outcomes (a bug: not a "
+    "clean build).")
+
+
 def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
     """The command line of `mfhq build` (= curation/build_mfhq.py); every flag's dest is the
     field of the config tree it sets ("section.field", or a top-level field)."""
@@ -174,6 +185,7 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
             "Rerunning with the same arguments resumes: finished shards are kept; when only "
             "the sources changed, it grows the build (new and changed identities go into new "
             "shards)."),
+        epilog=EXIT_CODES_HELP,
         formatter_class=_HelpFormatter,
     )
     io = parser.add_argument_group("inputs and outputs")

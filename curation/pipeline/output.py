@@ -4,9 +4,10 @@
 identities and what each was built from). A rerun with the same settings
 - resumes when the sources are unchanged: a shard is finished when its tar and its three
   manifest parts exist, the parts agree on the tar's sha256 and byte size, the tar has that
-  size and the parts hold the planned identities. Only Parquet footers and the identities
-  column are read, never the tar: O(shards). `--verify-finished` also hashes every tar; the full
-  byte check is `mfhq verify`'s;
+  size and the parts hold the planned identities, and no clip failure it records was the
+  disk's (a full output while writing a work file: built again). Only Parquet footers, the
+  identities column and the clips' reason column are read, never the tar: O(shards).
+  `--verify-finished` also hashes every tar; the full byte check is `mfhq verify`'s;
 - grows the build when sources changed (`curation.pipeline.incremental`): unchanged identities
   stay in their finished shards, new and changed ones go into new shards; a finished shard that
   still holds identities the plan took out of it is rewritten without them
@@ -20,6 +21,7 @@ from __future__ import annotations
 import enum
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -84,17 +86,51 @@ def decide_output(config: BuildConfig, folder: bf.BuildFolder, fresh: Plan,
 
 def prepare_output(config: BuildConfig, folder: bf.BuildFolder, decided: OutputPlan) -> None:
     """Clear the folder if decided, remove leftovers of killed writers, record the plan."""
-    mdir, sdir = folder.manifests_dir, folder.shards_dir
+    mdir = folder.manifests_dir
     if decided.clear:
         clear_outputs(folder)
-    for split in SPLITS:
-        bf.remove_stale_temporaries(sdir / split)
-    for table in manifests.TABLES:
-        bf.remove_stale_temporaries(mdir / table)
-    bf.remove_stale_temporaries(mdir)
+    remove_temporaries(folder)
     shutil.rmtree(mdir / bf.INFLIGHT_DIR, ignore_errors=True)
     bf.atomic_write(folder.plan_path, plan_json_bytes(decided.plan, config.config_hash(),
                                                       config.to_json()))
+
+
+def remove_temporaries(folder: bf.BuildFolder) -> int:
+    """Delete the hidden temporaries of writers that did not finish (killed, or refused by a
+    full disk) in every folder a build writes: shards, manifest parts, work files, logs.
+    Only while this process holds the output's lock, so no live writer owns one."""
+    from curation.pipeline.analyze import WORK_DIR
+
+    mdir, sdir = folder.manifests_dir, folder.shards_dir
+    folders = [sdir / split for split in SPLITS] + [mdir / table for table in manifests.TABLES]
+    folders += [mdir, folder.logs_dir]
+    work = Path(folder.output or ".") / WORK_DIR
+    if work.is_dir():
+        folders += [p for p in work.iterdir() if p.is_dir()]
+    return sum(bf.remove_stale_temporaries(f) for f in folders)
+
+
+def output_name(config: BuildConfig) -> str:
+    """The output as messages name it: the --output folder, or where ./shards and ./manifests
+    are."""
+    return str(Path(config.output).resolve() if config.output else Path.cwd())
+
+
+def output_full_message(config: BuildConfig, err: BaseException | str) -> str:
+    """The one message of a build stopped by an output that refuses writes."""
+    import errno
+    import os
+
+    cause = next((os.strerror(e) for e in sorted(bf.OUTPUT_FULL_ERRNOS)
+                  if f"[Errno {e}]" in str(err) or os.strerror(e) in str(err)
+                  or getattr(err, "errno", None) == e), "it refuses writes")
+    if cause == os.strerror(errno.EROFS):
+        fix = "make it writable"
+    else:
+        fix = "free space there (or choose an --output with room)"
+    return (f"the output {output_name(config)} is full or refuses writes ({cause}); the build "
+            f"stopped. What is finished is kept (finished shards, analysed clips; no temporary "
+            f"files are left): {fix} and rerun the same command to finish the rest.")
 
 
 def _has_build_outputs(folder: bf.BuildFolder) -> bool:
@@ -140,6 +176,8 @@ def shard_state(folder: bf.BuildFolder, spec: ShardSpec, *, full_hash: bool = Fa
     wanted = set(planned)
     if [i for i in ids if i in wanted] != planned:
         return ShardState.UNFINISHED       # not (a superset of) this shard: build it
+    if records_output_failure(parts["clips"]):
+        return ShardState.UNFINISHED       # its clips failed because the disk did: build it
     recorded = {manifests.part_shard_record(p) for p in parts.values()}
     sha, size = next(iter(recorded))
     # The states a killed rewrite leaves: parts that disagree, or a tar of another size.
@@ -151,6 +189,31 @@ def shard_state(folder: bf.BuildFolder, spec: ShardSpec, *, full_hash: bool = Fa
     if (full_hash or size is None) and bf.file_sha256(tar) != sha:
         return ShardState.UNFINISHED
     return ShardState.FINISHED if ids == planned else ShardState.HOLDS_MORE
+
+
+# Reasons under which a clip's failure may be the output's and not the clip's: the analysis
+# raised (internal_error) or its task failed (worker_crashed) while writing a work file.
+_MAYBE_OUTPUT_REASONS = ("internal_error", "worker_crashed")
+
+
+def records_output_failure(clips_part: Path) -> bool:
+    """True when a shard's clips part records a clip failure that was the output refusing
+    writes (a full disk while writing the clip's work file): such outcomes are the disk's, not
+    the clip's, so the shard is not finished and is built again. Reads the reason column, and
+    the messages of internal_error / worker_crashed rows only; an unreadable part is left to
+    the other checks."""
+    import pyarrow.compute as pc
+
+    try:
+        reasons = bf.read_part(clips_part, "clips", columns=["reason"]).column(0)
+        if not pc.any(pc.is_in(reasons, pa.array(_MAYBE_OUTPUT_REASONS))).as_py():
+            return False
+        table = bf.read_part(clips_part, "clips", columns=["reason", "message"])
+    except (OSError, pa.ArrowException, ValueError):
+        return False
+    return any(reason in _MAYBE_OUTPUT_REASONS and bf.is_output_full(message or "")
+               for reason, message in zip(table.column("reason").to_pylist(),
+                                          table.column("message").to_pylist(), strict=True))
 
 
 @dataclass
