@@ -18,15 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_see_disjoint_shards(tmp_path):
+def test_torchrun_two_processes_see_disjoint_shards_and_evaluate_the_whole_test_set(tmp_path):
     shards = write_shards(tmp_path / "shards", per_shard=2, size=32)  # 4 shards
+    test = write_shards(tmp_path / "test", per_shard=2, size=32, split="test", seed=5)  # 4 more
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--standalone", "-m", "training.train", "--preset", "tiny",
            "--shards", brace_pattern(shards), "--out", str(out), "--max-steps", "3",
            "--image-size", "32", "--batch-size", "2", "--n-tgt", "2", "--shuffle-buffer", "2",
-           "--ckpt-every", "3", "--no-progress"]
+           "--ckpt-every", "3", "--no-progress", "--test-shards", brace_pattern(test),
+           "--eval-samples", "8", "--ema-decay", "0.9"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = [json.loads((out / f"data-rank{r}.json").read_text()) for r in (0, 1)]
@@ -35,7 +37,13 @@ def test_torchrun_two_processes_see_disjoint_shards(tmp_path):
     assert rank0 and rank1 and not rank0 & rank1
     assert rank0 | rank1 <= {str(p) for p in shards}
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 3 and rows[-1]["loss"] > 0
+    train_rows = [r for r in rows if "eval" not in r]
+    assert train_rows[-1]["step"] == 3 and train_rows[-1]["loss"] > 0
+    # each rank scored its 2 of the 4 test shards; the gathered rows cover all 8 identities,
+    # on the EMA weights, as `mfhq eval` scores them
+    evals = [r["eval"] for r in rows if "eval" in r]
+    assert [e["n_in"] for e in evals] == [1, 3, 5, 7]
+    assert all(e["samples"] == 8 and e["weights"] == "ema" for e in evals)
     assert (out / "checkpoint-00000003.pt").is_file()
 
 
