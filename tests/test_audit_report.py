@@ -181,6 +181,15 @@ def test_counts_equal_pandas_on_the_manifests(report):
         assert entry["not_ok"] == bad["reason"].fillna("unknown").value_counts().to_dict()
     assert sum(v["read"] for s in counts["clips"].values() for v in s.values()) == len(clips)
 
+    raw = _read(mdir, "clips")
+    by_codec = raw.assign(codec=raw["codec"].fillna("unknown"),
+                          decoder=raw["decoder"].fillna("unknown"))
+    for (codec, decoder), group in by_codec.groupby(["codec", "decoder"]):
+        assert counts["codecs"][codec][decoder] == {
+            "read": len(group), "ok": int((group["status"] == "ok").sum())}
+    assert "h264" in counts["codecs"]     # the demo corpus's videos
+    assert "Clips per codec" in report["html"]
+
     idents = _read(mdir, "identities")
     exploded = _per_source_split(idents.explode("sources"), "sources")
     for (src, spl), group in exploded.groupby(["src", "spl"]):

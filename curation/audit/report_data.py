@@ -119,6 +119,21 @@ def clip_counts(clips: pd.DataFrame) -> dict:
                   for spl, n in splits.items()} for src, splits in read.items()}
 
 
+def codec_counts(clips: pd.DataFrame) -> dict:
+    """Clips per video codec and the decoder that read them, with their outcomes (YouTube's
+    downloads mix H.264, VP9 and AV1: a codec that loses clips shows here). Clips rejected
+    before they were opened have no codec (`unknown`)."""
+    if "codec" not in clips.columns:      # a build from before the codec columns
+        return {}
+    codec = _labelled(clips, "codec", UNKNOWN)
+    decoder = _labelled(clips, "decoder", UNKNOWN)
+    ok = clips["status"] == Status.OK
+    read = _nested_counts([codec, decoder])
+    good = _nested_counts([codec[ok], decoder[ok]])
+    return {c: {d: {"read": n, "ok": good.get(c, {}).get(d, 0)} for d, n in by.items()}
+            for c, by in read.items()}
+
+
 def identity_counts(identities: pd.DataFrame) -> dict:
     """Per source (an identity counts once for each source it came from) and split."""
     exploded = identities.explode("sources")
@@ -198,6 +213,7 @@ def compute_counts(tables: BuildTables) -> dict:
     outcome = bf.outcome_counts(tables.clips, idents, faces)
     return {
         "clips": clip_counts(tables.clips),
+        "codecs": codec_counts(tables.clips),
         "identities": identity_counts(idents),
         "faces": face_counts(faces),
         "totals": {

@@ -86,6 +86,12 @@ def clips_table(counts: dict) -> str:
                   rows, total=total)
 
 
+def codecs_table(counts: dict) -> str:
+    rows = [[codec, decoder, v["read"], v["ok"]]
+            for codec, by in sorted(counts["codecs"].items()) for decoder, v in sorted(by.items())]
+    return _table(["codec", "decoder", "clips read", "ok"], rows)
+
+
 def identities_table(counts: dict) -> str:
     rows_in = _by_source_split(counts["identities"])
     reasons = sorted({r for *_, v in rows_in for r in v["dropped"]})
@@ -242,6 +248,7 @@ def render_html(config: ReportConfig, tables: BuildTables, counts: dict,
         f"identities were assigned to a split. Candidates are faces not rejected as "
         f"{', '.join(sorted(REJECTED_FACE_REASONS))}.</p>"
         f"<h3>Clips</h3>{clips_table(counts)}"
+        f"<h3>Clips per codec</h3>{codecs_table(counts)}"
         f"<h3>Identities</h3><p class=muted>An identity with clips from several sources counts "
         f"once for each.</p>{identities_table(counts)}"
         f"<h3>Faces</h3>{faces_table(counts)}",
