@@ -9,7 +9,8 @@ the real build (`python -m curation.build_mfhq`, the demo's settings, embedded R
 0.5 s while it runs, and the CPU time of the build's own processes (the driver and every Ray
 worker, from /proc/<pid>/stat). Prints the CPUs the build kept busy over its working phase
 (from the first clip's analysis until the last shard is committed, taken from the build's own
-timings: start-up and the final tables are reported apart) and over the whole command, with the
+timeline in run.json: start-up and the final tables are reported apart; the timeline's own idle
+CPU-s is printed beside it) and over the whole command, with the
 baseline of the same run: the machine's utilisation in the 5 s before the build started (other
 work on a shared machine). The machine-wide figure counts every process, so read it beside that
 baseline; the build's own figure counts only its processes.
@@ -176,12 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         print(result.stdout[-3000:], result.stderr[-3000:], sep="\n")
         return 1
     run = json.loads((output / "manifests" / "run.json").read_text())
-    t = run["timings_s"]
-    # The working phase: after the driver's start-up, for the pipeline's own seconds.
-    before_pipeline = started + sum(t.get(k, 0) for k in ("check_models", "enumerate_and_plan",
-                                                          "resume_check"))
-    work_start = before_pipeline + t.get("ray_init", 0) + t.get("quality_ready", 0)
-    work_end = before_pipeline + t.get("build", 0)
+    timeline = run.get("timeline") or {}
+    # The working phase, from the build's own timeline: its first analysis task to its last
+    # span (the build process starts a moment after `started`: a slight overestimate of both).
+    work_start = started + timeline.get("startup_s", 0.0)
+    work_end = work_start + timeline.get("working_phase_s", 0.0)
     baseline = sampler.utilisation(started - 5.5, started)
     working = sampler.utilisation(work_start, work_end)
     whole = sampler.utilisation(started, ended)
@@ -202,12 +202,18 @@ def main(argv: list[str] | None = None) -> int:
           f"whole: {working:.0%} of {ncpu} CPUs")
     print(f"whole command {ended - started:.1f} s: {whole:.0%}; baseline before it: "
           f"{baseline:.0%}")
+    if timeline:
+        print(f"the build's own timeline: start-up {timeline['startup_s']:.1f} s, idle "
+              f"{timeline['idle_cpu_s']:.1f} CPU-s of the working phase "
+              f"({timeline['idle_fraction']:.1%}); busy per stage: "
+              + ", ".join(f"{k} {v['busy_s']:.1f} s" for k, v in timeline["stages"].items()))
     print(f"FIGURES identities={identities} clips={ns.long_identity or ''} "
           f"num_cpus={ns.num_cpus} driver_peak_mib={sampler.driver_peak / 2**20:.0f} "
           f"worker_peak_mib={analysis_peak / 2**20:.0f} actor_peak_mib={actor_peak / 2**20:.0f} "
           f"working_s={work_end - work_start:.1f} build_cpus_busy={own:.2f} "
           f"machine_util={working:.3f} "
-          f"whole_util={whole:.3f} baseline_util={baseline:.3f}")
+          f"whole_util={whole:.3f} baseline_util={baseline:.3f} "
+          f"timeline_idle={timeline.get('idle_fraction', float('nan'))}")
     return 0
 
 

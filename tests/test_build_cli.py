@@ -146,7 +146,7 @@ def test_a_clip_past_its_time_limit_is_cancelled_and_its_worker_stopped(tmp_path
     ref = ray.remote(hang).options(max_retries=0).remote(120)
     refs = {ref: (None, clip)}
     # Not started yet (no marker): the limit does not run.
-    pool._enforce_limits(folder, refs, {}, 5.0, [], None)
+    pool._enforce_limits(folder, refs, {}, {}, 5.0, lambda *failure: None)
     ready, _ = ray.wait([ref], timeout=1)
     assert not ready
     # Its worker started it 10 s ago: past a 5 s limit, it is cancelled.
@@ -157,6 +157,6 @@ def test_a_clip_past_its_time_limit_is_cancelled_and_its_worker_stopped(tmp_path
     marker.parent.mkdir(parents=True)
     marker.write_text(json.dumps({"clip": analyze.clip_key(clip), "pid": 0,
                                   "started": time.time() - 10}))
-    pool._enforce_limits(folder, refs, {}, 5.0, [], None)
+    pool._enforce_limits(folder, refs, {}, {}, 5.0, lambda *failure: None)
     with pytest.raises(TaskCancelledError):
         ray.get(ref, timeout=60)

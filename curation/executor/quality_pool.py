@@ -29,6 +29,7 @@ keeps the wall-clock spans of its requests for the build's timeline.
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 REQUEST_TIMEOUT_S = 600.0           # a request that takes longer is scored by the caller
 PLACEMENT_TIMEOUT_S = 60.0          # actors not placed by then: say so, score on the CPUs
 CPUS_PER_CPU_ACTOR = 8
+FOLLOW_S = 10.0                     # how often the pool looks for nodes that joined
 
 
 class QualityActor:
@@ -60,8 +62,9 @@ class QualityActor:
     def describe(self) -> dict[str, Any]:
         import ray
 
+        context = ray.get_runtime_context()
         return {"device": self.local.device, "note": self.local.note,
-                "node": ray.get_runtime_context().get_node_id(),
+                "node": context.get_node_id(), "actor": context.get_actor_id(),
                 "model": self.local.scorer.model_name}
 
     def score(self, crops: list[np.ndarray]) -> np.ndarray:
@@ -109,66 +112,95 @@ class QualityClient:
 
 class QualityPool:
     """The driver's side of the quality actors: launched without waiting, polled by the
-    driver's loop, closed at the end."""
+    driver's loop (which also follows the cluster: actors are added as nodes join), closed at
+    the end."""
 
-    def __init__(self, quality: QualityConfig):
+    def __init__(self, quality: QualityConfig, ray_cfg: RayConfig | None = None,
+                 logs_dir: str | None = None):
+        from curation.pipeline.config import RayConfig
+
         self.quality = quality
+        self.ray_cfg = ray_cfg or RayConfig()
+        self.logs_dir = logs_dir
         self.actors: list = []                  # placed or still loading
         self.described: list[dict] = []         # of the ready actors
         self.notes: list[str] = []
         self.ready_s: float | None = None       # from launch until every placed actor was ready
-        self._pending: dict[Any, Any] = {}      # describe() ref -> actor
+        self._pending: dict[Any, tuple[Any, float]] = {}   # describe() ref -> (actor, launched)
+        self._device: dict[Any, str] = {}       # actor id -> "cuda" | "cpu" (asked for)
         self._launched = time.monotonic()
-        self._asked = ""
-        self._count = 0
+        self._followed = 0.0
+        self._unplaced = {"cuda": 0, "cpu": 0}
 
     @classmethod
     def launch(cls, ray_cfg: RayConfig, quality: QualityConfig, logs_dir: str | None
                ) -> QualityPool:
         """Create the actors (one per GPU, or CPU actors: `ray_cfg`), not waiting for them;
         `logs_dir` receives their library output (None: the terminal)."""
-        import ray
+        pool = cls(quality, ray_cfg, logs_dir)
+        pool.follow(force=True)
+        return pool
 
-        pool = cls(quality)
-        resources = ray.cluster_resources()
+    def wanted(self, resources: dict[str, float]) -> tuple[str, int]:
+        """(device, number of actors) the pool should have on a cluster with `resources`:
+        one per GPU (or per --gpus-per-actor share) where there are GPUs or a share was asked
+        for, else one CPU actor per CPUS_PER_CPU_ACTOR CPUs; --quality-actors fixes the
+        number."""
         gpus = float(resources.get("GPU", 0))
         cpus = float(resources.get("CPU", 1))
-        share = ray_cfg.gpus_per_actor or (1.0 if gpus >= 1 else 0.0)
+        share = self.ray_cfg.gpus_per_actor or (1.0 if gpus >= 1 else 0.0)
         if share > 0:
-            count = ray_cfg.quality_actors or max(1, math.floor((gpus or share) / share))
+            return "cuda", self.ray_cfg.quality_actors or max(1, math.floor((gpus or share)
+                                                                             / share))
+        return "cpu", self.ray_cfg.quality_actors or max(1, int(cpus // CPUS_PER_CPU_ACTOR))
+
+    def follow(self, force: bool = False) -> None:
+        """Add actors when the cluster grew (a GPU node joined: GPU actors; more CPUs: CPU
+        actors), at most once per FOLLOW_S. Never removes one: an actor whose node left is
+        restarted by Ray elsewhere, or its callers score locally."""
+        import ray
+
+        if not force and time.monotonic() - self._followed < FOLLOW_S:
+            return
+        self._followed = time.monotonic()
+        resources = ray.cluster_resources()
+        device, count = self.wanted(resources)
+        have = sum(1 for a in self.actors if self._device.get(a._actor_id) == device)
+        have += self._unplaced[device]       # given up on: not asked for again
+        if count <= have:
+            return
+        if device == "cuda":
+            share = self.ray_cfg.gpus_per_actor or 1.0
             options = {"num_gpus": share, "num_cpus": 1}
-            device = "cuda"
-            pool._asked = f"{share:g} GPU and 1 CPU"
         else:
-            count = ray_cfg.quality_actors or max(1, int(cpus // CPUS_PER_CPU_ACTOR))
             # No CPU of its own: a CPU actor computes only while an identity task (which holds
             # a CPU) waits on it, so reserving one would idle a core for the whole build, and on
             # a 1-CPU machine leave none for analysis.
             options = {"num_cpus": 0}
-            device = "cpu"
-            pool._asked = "no CPU"
         actor_cls = ray.remote(QualityActor).options(max_restarts=2, max_task_retries=0,
                                                      **options)
-        pool._count = count
-        pool._resources = (gpus, cpus)
-        for _ in range(count):
-            actor = actor_cls.remote(quality, logs_dir, device)
-            pool.actors.append(actor)
-            pool._pending[actor.describe.remote()] = actor
-        return pool
+        self._resources = (float(resources.get("GPU", 0)), float(resources.get("CPU", 0)))
+        for _ in range(count - have):
+            actor = actor_cls.remote(self.quality, self.logs_dir, device)
+            self.actors.append(actor)
+            self._device[actor._actor_id] = device
+            self._pending[actor.describe.remote()] = (actor, time.monotonic())
+        self.ready_s = None
 
     def poll(self, wait_s: float = 0.0) -> None:
         """Take in the actors that became ready; give up on those not placed within
-        PLACEMENT_TIMEOUT_S of the launch (killed, with a note for the summary)."""
+        PLACEMENT_TIMEOUT_S of their launch (killed, with a note for the summary); follow the
+        cluster (`follow`)."""
         import ray
         from ray.exceptions import GetTimeoutError, RayError
 
+        self.follow()
         if not self._pending:
             return
         ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending),
                             timeout=wait_s)
         for ref in ready:
-            actor = self._pending.pop(ref)
+            actor, _ = self._pending.pop(ref)
             try:
                 described = ray.get(ref, timeout=1.0)
                 self.described.append(described)
@@ -177,17 +209,24 @@ class QualityPool:
             except (RayError, GetTimeoutError) as err:
                 self.notes.append(f"a quality actor failed to start: {str(err).splitlines()[0]}")
                 self._drop(actor)
-        if self._pending and time.monotonic() - self._launched > PLACEMENT_TIMEOUT_S:
-            unplaced = len(self._pending)
-            for actor in self._pending.values():
+        late = [ref for ref, (_, launched) in self._pending.items()
+                if time.monotonic() - launched > PLACEMENT_TIMEOUT_S]
+        if late:
+            asked = {"cuda": f"{self.ray_cfg.gpus_per_actor or 1.0:g} GPU and 1 CPU",
+                     "cpu": "no CPU"}
+            kinds = collections.Counter()
+            for ref in late:
+                actor, _ = self._pending.pop(ref)
+                kinds[self._device.get(actor._actor_id, "cpu")] += 1
                 self._drop(actor)
-            self._pending.clear()
             gpus, cpus = self._resources
-            self.notes.append(
-                f"{unplaced} of {self._count} quality actors ({self._asked} each) could not be "
-                f"placed within {PLACEMENT_TIMEOUT_S:.0f} s (the cluster has {gpus:g} GPUs, "
-                f"{cpus:g} CPUs); identities score their faces on their own CPU instead. Add "
-                "GPU nodes, lower --gpus-per-actor, or set --quality-actors.")
+            for device, unplaced in kinds.items():
+                self._unplaced[device] += unplaced
+                self.notes.append(
+                    f"{unplaced} quality actors ({asked[device]} each) could not be placed "
+                    f"within {PLACEMENT_TIMEOUT_S:.0f} s (the cluster has {gpus:g} GPUs, "
+                    f"{cpus:g} CPUs); identities score their faces on their own CPU instead. "
+                    "Add GPU nodes, lower --gpus-per-actor, or set --quality-actors.")
         if not self._pending and self.ready_s is None:
             self.ready_s = time.monotonic() - self._launched
 
@@ -198,8 +237,12 @@ class QualityPool:
         self.actors = [a for a in self.actors if a is not actor]
 
     def client(self) -> QualityClient:
-        """A picklable handle for identity tasks: the actors placed or still loading."""
-        return QualityClient(list(self.actors), self.quality)
+        """A picklable handle for identity tasks: the GPU actors once one is ready (so that
+        every identity from then on is scored on the same kind of device), else every actor
+        placed or still loading."""
+        ready_gpu = {d.get("actor") for d in self.described if d.get("device") == "cuda"}
+        gpu = [a for a in self.actors if a._actor_id.hex() in ready_gpu]
+        return QualityClient(gpu or list(self.actors), self.quality)
 
     def busy_spans(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Every live actor's {'device', 'spans'} (bounded wait; an actor that does not answer

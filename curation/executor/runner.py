@@ -18,6 +18,7 @@ any Ray work; the commands print its message without a traceback.
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 
@@ -37,6 +38,7 @@ from curation.pipeline.models import check_models
 from curation.pipeline.output import (
     OutputPlan,
     decide_output,
+    drop_output_failures,
     output_full_message,
     output_name,
     prepare_output,
@@ -63,6 +65,12 @@ def run_build(config: BuildConfig) -> BuildSummary:
     try:
         summary = _run_build_locked(config)
         lock.check()
+        # Clips whose work file the full disk refused were recorded as failed and their shard
+        # committed: those outcomes are the disk's, so the shards go back to unfinished.
+        dropped = drop_output_failures(folder)
+        if dropped:
+            raise OSError(errno.ENOSPC, f"{len(dropped)} shards recorded clips that failed on "
+                          "it and were taken back", output_name(config))
         if any(bf.is_output_full(message) for _, message in summary.shards_failed):
             remove_temporaries(folder)
         return summary
@@ -135,6 +143,7 @@ def _run_build_locked(config: BuildConfig) -> BuildSummary:
     timeline = build_timeline(pipeline.spans, pipeline.cpus, started_at)
     if timeline:
         timings["startup"] = timeline["startup_s"]
+        _write_spans(folder, pipeline.spans, started_at)
 
     duplicates = None
     if not interrupted:   # identity check across identities (issue 13): after every shard
@@ -166,6 +175,23 @@ def _run_build_locked(config: BuildConfig) -> BuildSummary:
 
 
 MODEL_CHECK_TIMEOUT_S = 900.0     # loading the quality model once on the driver's CPU
+MAX_SPANS_WRITTEN = 100_000
+
+
+def _write_spans(folder: bf.BuildFolder, spans: list, started_at: float) -> None:
+    """Every span of the timeline (stage, start, end in s from the build's start, on CPU) as
+    JSON lines in OUTPUT/logs/timeline.jsonl, for a closer look than run.json's totals; the
+    first MAX_SPANS_WRITTEN only. A log, not a manifest: never fails the build."""
+    import json
+
+    try:
+        lines = [json.dumps([stage, round(start - started_at, 3), round(end - started_at, 3),
+                             on_cpu]) for stage, start, end, on_cpu in
+                 sorted(spans, key=lambda s: s[1])[:MAX_SPANS_WRITTEN]]
+        bf.atomic_write(folder.logs_dir / "timeline.jsonl", "\n".join(lines) + "\n")
+    except OSError:
+        pass
+
 
 class _InThread:
     """`fn(*args)` in a daemon thread from now on; `result` waits for it (bounded) and returns

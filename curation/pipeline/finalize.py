@@ -128,21 +128,31 @@ def build_timeline(spans: list[Span], cpus: float, started_at: float) -> dict[st
         entry["last_s"] = max(entry["last_s"], end - first)
     events = sorted([(max(start, first), 1) for _, start, _, on_cpu in spans if on_cpu]
                     + [(max(end, first), -1) for _, _, end, on_cpu in spans if on_cpu])
+    phase = last - first
+    # Idle CPU-s in each tenth of the working phase: a slow start and a serial tail show apart.
+    tenths = [0.0] * 10
     idle = busy = 0.0
     running, at = 0, first
-    for when, step in events:
+
+    def add_idle(begin: float, end: float, free: float) -> None:
+        if free <= 0 or end <= begin:
+            return
+        for part in range(10):
+            low, high = first + phase * part / 10, first + phase * (part + 1) / 10
+            tenths[part] += max(0.0, min(end, high) - max(begin, low)) * free
+
+    for when, step in [*events, (last, 0)]:
+        add_idle(at, when, max(0.0, cpus - running))
         idle += (when - at) * max(0.0, cpus - running)
         busy += (when - at) * min(float(running), cpus)
         running, at = running + step, when
-    idle += (last - at) * max(0.0, cpus - running)
-    phase = last - first
     rounded = {name: {k: round(v, 3) if isinstance(v, float) else v for k, v in entry.items()}
                for name, entry in sorted(stages.items())}
     return {"cpus": cpus, "startup_s": round(first - started_at, 3),
             "working_phase_s": round(phase, 3), "busy_cpu_s": round(busy, 3),
             "idle_cpu_s": round(idle, 3),
             "idle_fraction": round(idle / (cpus * phase), 4) if phase > 0 and cpus else None,
-            "stages": rounded}
+            "idle_cpu_s_by_tenth": [round(v, 2) for v in tenths], "stages": rounded}
 
 
 def timeline_lines(timeline: dict[str, Any]) -> list[str]:
