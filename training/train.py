@@ -6,10 +6,14 @@ Decoder alone for `--mtd-warmup-steps`, then with the MTD and flow-matching loss
 its gradient reaching the encoder). The two-stage recipe: stage `mtd`, then stage `flow` from the
 MTD checkpoint (`--init`). `--decoder flux` uses frozen FLUX + IP-Adapter (`--flux`,
 `--prompt-embeds`); `dit` the small pixel DiT. Under `torchrun` every process trains on its own
-shards (DDP; gloo on CPU, nccl on CUDA).
+shards (DDP over the trainable parts only, `wrap_trainable`; gloo on CPU, nccl on CUDA).
 
-Outputs under `--out`: `checkpoint-<step>.pt` (torch.load(weights_only=True)), `metrics.jsonl`
-(rows with at least `step` and `loss`), `data-rank<r>.json` (shards seen, skipped samples).
+Outputs under `--out`, a local folder or an fsspec URL (`training.storage`): `checkpoint-<step>.pt`
+(torch.load(weights_only=True)), `metrics.jsonl` (rows with at least `step` and `loss`),
+`data-rank<r>.json` (shards seen, skipped samples). `--resume` and `--init` give every rank the
+same checkpoint without a shared filesystem (`agreed_checkpoint`). A bad input (missing file,
+shards that match nothing, not a shard, weights in no known layout) ends in one line and exit
+code 2 (`training.errors`); library output goes to a log file (`training.quiet`).
 
 This module is the CLI and the set-up (device, processes, seeds, model, optimiser, resume);
 `training.engine.TrainingLoop` runs the loop.
