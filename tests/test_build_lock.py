@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.build_folder import BuildLock, LockLost, OutputLocked
+from curation.build_folder import BuildLock, OutputLocked
 from curation.build_folder.lock import LOCK_FILE, LockHolder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +82,20 @@ def test_a_lock_left_by_a_sigkilled_holder_on_this_machine_is_taken_over_at_once
         assert LockHolder.from_bytes((tmp_path / "manifests" / LOCK_FILE).read_bytes()
                                      ).token == lock.holder.token
     assert not (tmp_path / "manifests" / LOCK_FILE).exists()
+
+
+def test_a_killed_holder_its_parent_has_not_reaped_yet_is_gone_too(tmp_path):
+    holder = _holder(tmp_path / "manifests", lease_s=600.0)
+    holder.send_signal(signal.SIGKILL)
+    stat = Path(f"/proc/{holder.pid}/stat")
+    deadline = time.monotonic() + 30
+    while stat.read_text().split(") ")[1][0] != "Z":      # a zombie until we wait for it
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        BuildLock.acquire(tmp_path / "manifests", lease_s=600.0).release()
+    finally:
+        holder.wait(timeout=30)
 
 
 def test_a_frozen_holder_keeps_the_lock_for_its_lease_then_loses_it_and_stops(tmp_path):

@@ -80,12 +80,14 @@ def lease_seconds() -> float:
 
 
 def _pid_start(pid: int) -> str | None:
-    """The start time of process `pid` (clock ticks since boot), None when there is none."""
+    """The start time of process `pid` (clock ticks since boot), None when there is none or it
+    is dead (a zombie its parent has not reaped yet runs no heartbeat)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2:].split()[19]
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _machine() -> tuple[str, str]:
