@@ -88,3 +88,32 @@ def test_trainer_streams_s3_brace_shards_and_resumes_from_an_s3_checkpoint(s3_se
     assert sorted(got) == [4, 5, 6]
     for step in (4, 5, 6):
         assert got[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_eval_and_encode_read_a_checkpoint_and_test_shards_at_s3_urls(s3_server, tmp_path,  # noqa: F811
+                                                                      capsys):
+    from PIL import Image
+
+    from training.encode import main as encode_main
+    from training.eval import main as eval_main
+
+    bucket = s3_server.bucket("mfhq-eval")
+    shard = write_shards(tmp_path / "shards", per_shard=2, size=32)[0]
+    test = write_shards(tmp_path / "test", per_shard=4, size=32, split="test", seed=2)[0]
+    s3_server.upload(test, bucket, "shards/test/mfhq-test-000000.tar")
+    config = tiny()
+    config.shards, config.out, config.max_steps = str(shard), f"s3://{bucket}/run", 1
+    config.data.image_size, config.data.n_tgt = 32, 2
+    checkpoint = train(config, progress=False)["checkpoint"]
+    capsys.readouterr()
+    assert eval_main(["--checkpoint", checkpoint, "--shards",
+                      f"s3://{bucket}/shards/test/mfhq-test-{{000000..000000}}.tar",
+                      "--n-inputs", "3", "--no-pose", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert row["samples"] == 4 and row["weights"] == "raw"
+    face = tmp_path / "face.png"
+    Image.new("RGB", (40, 40), (120, 90, 80)).save(face)
+    assert encode_main([str(face), "--checkpoint", checkpoint,
+                        "--out", str(tmp_path / "ids.pt")]) == 0
+    assert torch.load(tmp_path / "ids.pt", weights_only=True)["tokens"].shape == (16, 64)
