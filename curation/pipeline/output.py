@@ -216,6 +216,31 @@ def records_output_failure(clips_part: Path) -> bool:
                                           table.column("message").to_pylist(), strict=True))
 
 
+def drop_output_failures(folder: bf.BuildFolder) -> list[str]:
+    """Take back the commit of every planned shard whose clips record the disk's failure
+    (`records_output_failure`): its tar, then its parts are deleted (tar first: parts without
+    a tar are an unfinished shard, as a kill leaves it), and shards.parquet is written again
+    without it, so no reader, manifest or `mfhq verify` keeps the disk's failure as the clips';
+    a rerun builds it from the clips' work files and analyses the failed clips again. Returns
+    the shards taken back."""
+    try:
+        names = [s["name"] for s in bf.read_json(folder.plan_path)["plan"]["shards"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    dropped = [name for name in names if folder.tar_path(name).exists()
+               and records_output_failure(folder.part_paths(name)["clips"])]
+    for name in dropped:
+        folder.tar_path(name).unlink(missing_ok=True)
+        for part in folder.part_paths(name).values():
+            part.unlink(missing_ok=True)
+    if dropped:
+        try:
+            bf.write_shards_table(folder, names)
+        except OSError:
+            folder.shards_table_path.unlink(missing_ok=True)   # rewritten by the rerun
+    return dropped
+
+
 @dataclass
 class ResumeCheck:
     todo: list[ShardSpec] = field(default_factory=list)
