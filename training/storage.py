@@ -20,63 +20,26 @@ Contract:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlparse
+
+from mfhq_contract.storage import filesystem, is_url, local_path, options, scheme, set_options
+
+__all__ = ["RunDir", "exists", "is_url", "join", "local_copy", "open_shard", "options",
+           "read_bytes", "read_head", "register_webdataset_schemes", "scheme",
+           "set_options", "size"]
 
 # fsspec protocols the trainer opens itself; others keep webdataset's openers (pipe:, http(s)).
 OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory")
 
-_options: dict = {}
-
-
-def set_options(options: dict | str | None) -> None:
-    """Process-wide fsspec storage options (a dict, or its JSON text; empty/None: none)."""
-    global _options
-    if isinstance(options, str):
-        try:
-            options = json.loads(options) if options.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--storage-options is not JSON ({exc}); give an object such as "
-                             f"'{{\"endpoint_url\": \"http://127.0.0.1:9000\"}}'") from None
-    if not isinstance(options or {}, dict):
-        raise ValueError("--storage-options must be a JSON object")
-    _options = dict(options or {})
-
-
-def options() -> dict:
-    return dict(_options)
-
-
-def scheme(location: str) -> str:
-    return urlparse(str(location)).scheme if "://" in str(location) else ""
-
-
-def is_url(location: str | Path) -> bool:
-    return scheme(str(location)) not in ("", "file")
-
-
-def _local(location: str | Path) -> Path:
-    text = str(location)
-    if text.startswith("file:"):  # file:///abs, file:rel (webdataset's spelling)
-        return Path(urlparse(text).path if text.startswith("file://") else text[len("file:"):])
-    return Path(text)
-
-
-def _fs(location: str):
-    import fsspec
-
-    protocol = scheme(location)
-    try:
-        return fsspec.filesystem(protocol, **_options)
-    except ImportError as exc:
-        raise ImportError(f"{location}: reading {protocol}:// needs its fsspec package "
-                          f"({exc}); e.g. pip install s3fs (s3://) or gcsfs (gs://)") from None
+# URL detection, the process-wide storage options and the filesystem of a URL are shared with
+# the build (mfhq_contract.storage): one definition of what a URL is and which options apply.
+_local = local_path
+_fs = filesystem
 
 
 def join(location: str | Path, name: str) -> str:
@@ -215,7 +178,7 @@ def open_shard(url: str, mode: str = "rb", bufsize: int = 8192, **_):
 
     if mode != "rb":
         raise ValueError(f"shards are only read, not written ({url})")
-    return fsspec.open(url, "rb", **_options).open()
+    return fsspec.open(url, "rb", **options()).open()
 
 
 def register_webdataset_schemes() -> None:
