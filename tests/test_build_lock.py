@@ -158,3 +158,21 @@ def test_a_build_whose_manifests_record_an_internal_error_does_not_exit_0():
     assert exit_code(summary({"no_face": 2}, {"too_few_faces": 1})) == EXIT_OK
     assert exit_code(summary({"internal_error": 1}, {})) == EXIT_INTERNAL_ERRORS
     assert exit_code(summary({}, {"internal_error": 1})) == EXIT_INTERNAL_ERRORS
+
+
+def test_a_takedown_is_refused_while_a_build_holds_the_output(tmp_path, capsys):
+    """A takedown rewrites shards and manifests: it takes the same lock as a build."""
+    from curation.audit import takedown
+
+    (tmp_path / "manifests").mkdir()
+    listing = tmp_path / "takedown.txt"
+    listing.write_text("yt:M2Ohb0FAaJU\n")
+    holder = _holder(tmp_path / "manifests", lease_s=60.0)
+    try:
+        assert takedown.main([str(listing), "--output", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "Traceback" not in err
+    finally:
+        _stop(holder)
+    assert takedown.main([str(listing), "--output", str(tmp_path)]) == 0   # free again
+    assert not (tmp_path / "manifests" / LOCK_FILE).exists()

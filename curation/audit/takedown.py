@@ -150,6 +150,13 @@ def apply_takedown(config: TakedownConfig) -> TakedownResult:
     """Remove every listed id from the build in `config.output`; see the module docstring."""
     listed = read_takedown(config.file)
     bf.require_manifests(config)
+    # A takedown rewrites shards and manifests: never beside a build (or another takedown)
+    # writing into the same output; a build that holds it makes this one clear error.
+    with bf.BuildLock.acquire(config.manifests_dir, str(config.output or ".")):
+        return _apply_takedown(config, listed)
+
+
+def _apply_takedown(config: TakedownConfig, listed: set[str]) -> TakedownResult:
     result = TakedownResult()
     shards = sorted({str(p.relative_to(config.shards_dir))
                      for p in config.shards_dir.glob("*/mfhq-*.tar")})
