@@ -36,6 +36,7 @@ from curation.build_folder.layout import (
 from curation.build_folder.lock import BuildLock, LockLost, OutputLocked
 from curation.build_folder.tables import (
     count_outcomes,
+    iter_manifest_batches,
     outcome_counts,
     read_manifest,
     read_manifest_table,
@@ -49,7 +50,7 @@ __all__ = [
     "OUTPUT_FULL_ERRNOS", "BuildLock", "LockLost", "OutputLocked", "is_output_full",
     "INFLIGHT_DIR", "LOGS_DIR", "PLAN_FILE", "RUN_FILE", "SHARDS_TABLE", "BuildFolder",
     "BuildFolders", "TarMember", "atomic_write", "count_outcomes", "count_samples",
-    "file_sha256", "file_sha256_or_none", "fsync_dir", "iter_tar", "outcome_counts",
+    "file_sha256", "file_sha256_or_none", "fsync_dir", "iter_manifest_batches", "iter_tar", "outcome_counts",
     "read_json", "read_manifest", "read_manifest_table", "read_part", "read_samples",
     "remove_stale_temporaries", "require_manifests", "shard_of_part", "staged_path",
     "write_parquet_atomic", "write_shard_parts", "write_shards_table",

@@ -3,6 +3,7 @@ outcome counts the summary, run.json and the report share."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,17 @@ def read_manifest_table(manifests_dir: Path | str, name: str,
         return target.empty_table()
     dataset = pads.dataset(folder, schema=schema, format="parquet")
     return dataset.to_table(columns=columns)
+
+
+def iter_manifest_batches(manifests_dir: Path | str, name: str, columns: list[str]
+                          ) -> Iterator[pa.RecordBatch]:
+    """One manifest table's record batches (all its parts, its declared schema), for readers
+    whose memory must not hold the whole table at once."""
+    schema = manifests.SCHEMAS[name]
+    folder = Path(manifests_dir) / name
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        return
+    yield from pads.dataset(folder, schema=schema, format="parquet").to_batches(columns=columns)
 
 
 def read_manifest(manifests_dir: Path | str, name: str, columns: list[str] | None = None):

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import build_folder as bf
@@ -300,37 +299,52 @@ def identity_means(faces) -> tuple[list[str], np.ndarray]:
 
 
 def kept_identity_means(manifests_dir) -> tuple[pd.DataFrame, list[str], np.ndarray]:
-    """(kept identities' rows, ids, (n, dim) unit means) read from the identities manifest: one
-    vector per identity, straight from Arrow into one float32 array (no Python floats), so the
-    driver's memory is O(identities). Kept identities of an older build without
-    `mean_embedding` are computed from their faces."""
-    columns = ["identity_id", "split", "shard", "status", "duplicate_group", "mean_embedding"]
-    table = bf.read_manifest_table(manifests_dir, "identities", columns)
-    table = table.filter(pc.equal(table["status"], Status.KEPT.value))
-    kept = table.drop_columns(["mean_embedding"]).to_pandas()
-    recorded = table["mean_embedding"]
-    has = np.asarray(recorded.is_valid().to_numpy(zero_copy_only=False), bool)
-    ids = [str(i) for i, ok in zip(kept["identity_id"], has, strict=True) if ok]
-    vectors = recorded.filter(pa.array(has)).combine_chunks()
-    dim = len(vectors[0]) if len(vectors) else 0
-    means = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    means = means.reshape(len(ids), dim) if ids else np.zeros((0, 0), np.float32)
-    missing = set(kept["identity_id"][~has])
+    """(kept identities' rows, their ids sorted, (n, dim) unit means in that order) from the
+    identities manifest: one vector per identity, read batch by batch straight from Arrow into
+    one preallocated float32 array (no Python floats, no second copy), so the driver's memory is
+    O(identities) and about one array of means. Kept identities of an older build without
+    `mean_embedding` get theirs from their faces (`identity_means`)."""
+    columns = ["identity_id", "split", "shard", "status", "duplicate_group"]
+    idents = bf.read_manifest(manifests_dir, "identities", columns)
+    kept = idents[idents["status"] == Status.KEPT]
+    ids = sorted(str(i) for i in kept["identity_id"])
+    position = {identity_id: i for i, identity_id in enumerate(ids)}
+    means: np.ndarray | None = None
+    filled = np.zeros(len(ids), bool)
+    for batch in bf.iter_manifest_batches(manifests_dir, "identities",
+                                          ["identity_id", "status", "mean_embedding"]):
+        recorded = batch.column("mean_embedding")
+        mask = pc.and_(pc.equal(batch.column("status"), Status.KEPT.value), recorded.is_valid())
+        if not pc.any(mask).as_py():
+            continue
+        vectors = recorded.filter(mask)
+        rows = [position[str(i)] for i in batch.column("identity_id").filter(mask).to_pylist()]
+        values = vectors.flatten().to_numpy(zero_copy_only=False)
+        if means is None:
+            means = np.empty((len(ids), len(values) // len(rows)), np.float32)
+        means[rows] = values.reshape(len(rows), -1)
+        filled[rows] = True
+    missing = {ids[i] for i in np.flatnonzero(~filled)}
     if missing:
         faces = bf.read_manifest(manifests_dir, "faces", ["identity_id", "embedding", "reason"])
         old_ids, old_means = identity_means(faces[faces["identity_id"].isin(missing)])
-        if old_ids:
-            order = np.argsort(ids + old_ids, kind="stable")
-            merged = np.concatenate([means, old_means]) if len(ids) else old_means
-            ids = [(ids + old_ids)[i] for i in order]
-            means = merged[order]
-    order = np.argsort(ids, kind="stable")    # identity_means' order: sorted ids
-    return kept, [ids[i] for i in order], means[order] if len(ids) else means
+        if len(old_ids):
+            if means is None:
+                means = np.empty((len(ids), old_means.shape[1]), np.float32)
+            rows = [position[i] for i in old_ids]
+            means[rows] = old_means
+            filled[rows] = True
+    if means is None:
+        return kept, [], np.zeros((0, 0), np.float32)
+    if not filled.all():                  # identities with nothing embedded take no part
+        ids = [i for i, ok in zip(ids, filled, strict=True) if ok]
+        means = means[filled]
+    return kept, ids, means
 
 
-# Bytes of one block of the similarity search: at 134,000 identities a block is ~250 rows, and
-# the driver's peak stays far under 1 GB (bench/duplicates_scale.py).
-SIMILARITY_BLOCK_BYTES = 128 << 20
+# Bytes of one block of the similarity search: at 134,000 identities a block is ~250 rows
+# (bench/duplicates_scale.py measures the driver's peak).
+SIMILARITY_BLOCK_BYTES = 64 << 20
 
 
 def duplicate_pairs(means: np.ndarray, threshold: float, block: int | None = None
