@@ -48,6 +48,7 @@ from typing import BinaryIO
 
 from curation.errors import SetupError
 from curation.faces.quality import TOPIQ_FACE_FILE
+from mfhq_contract.storage import filesystem
 
 # The addresses the libraries publish (insightface 2.1, pyiqa 0.1.16): a test checks that the
 # installed packages still compute the same ones.
@@ -214,11 +215,10 @@ def _open_http(url: str, offset: int, timeout_s: float) -> tuple[BinaryIO, int |
 
 
 def _open_fsspec(url: str, offset: int) -> tuple[BinaryIO, int | None, bool]:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    total = fs.info(path).get("size")
-    stream = fs.open(path, "rb")
+    # the process's --storage-options apply here too (mfhq_contract.storage)
+    fs = filesystem(url)
+    total = fs.info(url).get("size")
+    stream = fs.open(url, "rb")
     if offset:
         stream.seek(offset)
     return stream, total, offset > 0

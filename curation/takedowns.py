@@ -34,10 +34,17 @@ from curation.records import ClipRecord, Reason, Status
 # --- the list ----------------------------------------------------------------------------------
 
 def read_takedown(path: str | Path | None) -> set[str]:
-    """Ids listed in a takedown file: one per line, blank lines and '#' comments ignored."""
+    """Ids listed in a takedown file (a path or a store URL): one per line, blank lines and
+    '#' comments ignored."""
     if not path:
         return set()
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    from curation import storage
+
+    if storage.is_url(str(path)):
+        with storage.open_binary(str(path)) as handle:
+            text = handle.read().decode("utf-8", errors="replace")
+    else:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
     ids = set()
     for line in text.splitlines():
         entry = line.split("#", 1)[0].strip()

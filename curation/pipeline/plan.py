@@ -19,7 +19,6 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from curation.records import ClipRecord, Reason, Status
 from curation.takedowns import read_takedown, split_takedown
@@ -231,7 +230,7 @@ def enumerate_sources(sources: list[tuple[str, str]]) -> list[ClipRecord]:
 
     records: list[ClipRecord] = []
     for kind, root in sources:
-        records.extend(enumerate_source(kind, Path(root)))
+        records.extend(enumerate_source(kind, root))   # a path or a store URL, as given
     return records
 
 

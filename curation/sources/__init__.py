@@ -6,6 +6,12 @@ whole-file problems first, then clips sorted by clip id. Bad metadata, bad entri
 videos and boxes outside the frame become records with a reason code; only a missing root or an
 unknown kind raises (`SourceError`), before anything is yielded.
 
+A root is a local folder or a store URL (`s3://bucket/prefix`, `gs://...`, any fsspec
+protocol; `file://` is a local folder): a store prefix is listed once instead of walked, with the
+same index semantics, and a record's `video_path` is then the video's URL (the analysis copies
+it to node-local scratch, `curation.storage.local_video`). A store root that cannot be listed
+(no such bucket, refused credentials, no objects under the prefix) is one SourceError too.
+
 `group_identities(records)` groups the usable records by the dataset's identity rule
 (`identity_id`: `yt:<ytb_id>` for CelebV-HQ / CelebV-Text / TalkingHead-1KH, so one YouTube
 video is one person across datasets; `vfhq:<videoid>:P<pid>`; `folder:<sub-folder>`).
@@ -16,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 
+from curation import storage
 from curation.errors import SourceError
 from curation.records import ClipRecord, SourceKind
 from curation.sources import celebvhq, celebvtext, folder, talkinghead1kh, vfhq
@@ -32,14 +39,20 @@ LICENSES: dict[str, str] = {kind.value: module.LICENSE for kind, module in _MODU
 
 
 def check_root(kind: str, root: str | os.PathLike) -> str:
-    """The source's root as a path string; raises SourceError for an unknown kind or a root that
-    is not a folder (the build calls this before anything slow, e.g. the model check)."""
+    """The source's root as a path string (a URL without its trailing "/"; a `file://` URL as
+    its path); raises SourceError for an unknown kind, a root that is not a folder, or a store
+    root that cannot be listed or holds nothing (the build calls this before anything slow,
+    e.g. the model check)."""
     if kind not in _ADAPTERS:
         raise SourceError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
     try:
         root_path = os.fspath(root)
     except TypeError:
         raise SourceError(f"source root for {kind} must be a path, got {root!r:.80}") from None
+    if storage.is_url(root_path):
+        return storage.check_store_root(root_path)
+    if root_path.startswith("file:"):
+        root_path = str(storage.local_path(root_path))
     if not os.path.isdir(root_path):
         what = "does not exist" if not os.path.exists(root_path) else "is not a folder"
         raise SourceError(f"source root {root_path} for {kind} {what}; pass the folder that "

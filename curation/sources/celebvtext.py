@@ -123,11 +123,10 @@ def _texts(index: FileIndex, name: str) -> dict[str, list[str]]:
     texts: dict[str, list[str]] = {}
     for path in index.all_files(f"{name}.txt"):
         try:
-            if os.path.getsize(path) > MAX_TEXT_BYTES:
-                continue
-            lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+            text = read_text(path, MAX_TEXT_BYTES)
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
         except UNREADABLE_ERRORS:
-            continue  # descriptions are a nicety: an unreadable one is left out
+            continue  # descriptions are a nicety: an unreadable or too large one is left out
         if lines:
             texts.setdefault(os.path.basename(os.path.dirname(path)), lines)
     return texts

@@ -4,6 +4,10 @@ number and box validation, and record construction.
 Adapters never join a name read from metadata into a path: they look the name up in the
 `FileIndex`, which only holds files that really lie under the root. So "../../x.mp4" in a
 metadata file can never reach outside the root; it simply is not found.
+
+A root may be a local folder (walked once) or a store URL such as `s3://bucket/prefix` (listed
+once, `curation.storage.list_files`): the index has the same shape either way, its paths are
+then URLs, and adapters read metadata through `read_text` / `open_binary`, which take both.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from curation import storage
 from curation.records import ClipRecord, Reason, Status, safe_id
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
@@ -55,7 +60,9 @@ class FileIndex:
     than once keep the sorted list of all their paths (`more`): a lookup returns the same file
     on every run, and the index of a 600k-file tree holds 600k strings, not 600k lists.
     Symlinks whose target lies outside the root are left out (and remembered, so a
-    missing-video message can say why).
+    missing-video message can say why). On a store (`root` a URL) paths are URLs, folders are
+    the prefixes between the root and each object, and keys with "", "." or ".." segments are
+    left out (a client that normalises them would read outside the prefix).
     """
 
     root: str                                             # absolute, as given (not resolved)
@@ -97,6 +104,8 @@ class FileIndex:
         return sorted([path for name in self.files for path in self.all_files(name)])
 
     def relpath(self, path: str) -> str:
+        if storage.is_url(self.root):
+            return path[len(self.root) + 1:] if path.startswith(self.root + "/") else path
         return os.path.relpath(path, self.root).replace(os.sep, "/")
 
     def missing_message(self, name: str) -> str:
@@ -111,7 +120,10 @@ def _inside(real_path: str, real_root: str) -> bool:
 
 
 def build_index(root: str | os.PathLike) -> FileIndex:
-    """Walk `root` once with os.scandir and index its files and folders by basename."""
+    """Walk `root` once with os.scandir (a store URL: list it once) and index its files and
+    folders by basename."""
+    if storage.is_url(os.fspath(root)):
+        return _build_store_index(os.fspath(root))
     root_abs = os.path.abspath(os.fspath(root))
     real_root = os.path.realpath(root_abs)
     index = FileIndex(root=root_abs)
@@ -162,10 +174,46 @@ def build_index(root: str | os.PathLike) -> FileIndex:
     return index
 
 
-def read_text(path: str) -> str:
-    """Read a UTF-8 metadata text file; OSError/UnicodeDecodeError/ValueError mean unreadable."""
-    if os.path.getsize(path) > MAX_METADATA_BYTES:
-        raise ValueError(f"larger than {MAX_METADATA_BYTES} bytes")
+def _build_store_index(url: str) -> FileIndex:
+    """The index of every object under a store prefix, from one paginated listing."""
+    root = url.rstrip("/")
+    index = FileIndex(root=root)
+    known_dirs: set[str] = set()
+    for relative in storage.list_files(root):
+        parts = relative.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            index.walk_errors.append(f"{root}/{relative}: a key with an empty, '.' or '..' "
+                                     f"segment is left out")
+            continue
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder not in known_dirs:
+                known_dirs.add(folder)
+                index.dirs.setdefault(parts[depth - 1], []).append(f"{root}/{folder}")
+        path = f"{root}/{relative}"
+        index.add_file(parts[-1], path)
+        if parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+            index.image_dirs.add(path.rsplit("/", 1)[0])
+    for name, paths in index.more.items():
+        paths.sort()
+        index.files[name] = paths[0]
+    for paths in index.dirs.values():
+        paths.sort()
+    return index
+
+
+def open_binary(path: str):
+    """A binary file of a metadata path or URL (a context manager; seekable)."""
+    return storage.open_binary(path)
+
+
+def read_text(path: str, max_bytes: int = MAX_METADATA_BYTES) -> str:
+    """Read a UTF-8 metadata text file (a path or a URL); OSError/UnicodeDecodeError/ValueError
+    mean unreadable, and so does a file larger than `max_bytes`."""
+    if storage.is_url(path):
+        return storage.read_bytes(path, max_bytes).decode("utf-8")
+    if os.path.getsize(path) > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes")
     with open(path, encoding="utf-8") as handle:
         return handle.read()
 

@@ -23,6 +23,7 @@ from curation.sources.common import (
     FileIndex,
     integer_text,
     invalid,
+    open_binary,
     problem_record,
     processed_or_raw,
     run_entry,
@@ -93,7 +94,7 @@ def _listings(index: FileIndex) -> Iterator[_Listing]:
             continue
         for path in index.all_files(name):
             try:
-                with open(path, "rb") as handle:
+                with open_binary(path) as handle:
                     data = handle.read(MAX_METADATA_BYTES + 1)
                 yield _Listing(index.relpath(path), name, _decode(data))
             except UNREADABLE_ERRORS as error:
@@ -104,7 +105,8 @@ def _listings(index: FileIndex) -> Iterator[_Listing]:
 
 def _archive_listings(where: str, path: str) -> Iterator[_Listing]:
     try:
-        with zipfile.ZipFile(path) as archive:
+        # read in place: on a store through a seekable file (ranged reads of the members)
+        with open_binary(path) as raw, zipfile.ZipFile(raw) as archive:
             members = sorted((info for info in archive.infolist()
                               if not info.is_dir() and info.filename.endswith(TUBES_SUFFIX)),
                              key=lambda info: info.filename)
