@@ -41,6 +41,7 @@ from curation.faces.decoding import (
 from curation.faces.identity import IdentityConfig
 from curation.faces.tracks import ambiguous_target, ranked_tracks, select_target
 from curation.records import ClipRecord, Reason, Status
+from curation.storage import local_video, local_weights
 from mfhq_faces.align import face_mask
 from mfhq_faces.detection import Detection, DetectorKind, make_detector
 from mfhq_faces.embedders import make_embedder
@@ -191,7 +192,8 @@ class FaceAnalyzer:
         cv2.setNumThreads(max(1, config.threads))
         self.detector = make_detector(config.face_detector, config.insightface_dir())
         # None: no embeddings (no identity config, or --identity-model none)
-        self.embedder = (make_embedder(identity.model, config.insightface_dir(), identity.weights)
+        self.embedder = (make_embedder(identity.model, config.insightface_dir(),
+                                       local_weights(identity.weights))   # a URL: fetched once
                          if identity is not None else None)
         self.landmarker = FaceMeshLandmarker()
         self._oval = face_oval_indices()
@@ -212,8 +214,11 @@ class FaceAnalyzer:
         result = ClipAnalysis(clip.clip_id, "ok", None, "", 0, 0, 0, 0.0, 0, [])
         try:
             fps_hint = clip.extra.get("fps") if isinstance(clip.extra, dict) else None
-            with open_frames(clip.video_path, fps_hint=fps_hint,
-                             num_threads=self.config.threads) as source:
+            # a video in a store is copied to node-local scratch for this clip only (decord
+            # needs a seekable file); a failed copy is video_missing / video_unreadable
+            with local_video(clip.video_path, self.config.clip_time_limit_s) as video, \
+                    open_frames(video, fps_hint=fps_hint,
+                                num_threads=self.config.threads) as source:
                 info = source.info
                 result.width, result.height = info.width, info.height
                 result.fps, result.num_frames = info.fps, info.num_frames

@@ -129,6 +129,10 @@ class QualityScorer:
                    batch_size=config.batch_size)
 
     def _load_topiq(self, weights: str | None):
+        if weights:
+            from curation.storage import local_weights  # a URL: fetched once per machine
+
+            weights = local_weights(weights)
         path = Path(weights) if weights else default_topiq_weights()
         if not path.is_file():
             raise MissingWeightsError(missing_weights_message(path))

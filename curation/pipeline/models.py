@@ -42,10 +42,12 @@ def check_models(config: BuildConfig) -> dict[str, Any]:
 def describe_identity_model(config: BuildConfig) -> dict[str, Any]:
     """The identity recogniser's file and sha256 (`mfhq_faces.embedders`); raises
     MissingWeightsError naming the file and the offline alternative when it is absent."""
+    from curation.storage import local_weights
     from mfhq_faces.embedders import identity_model_file
 
     ident = config.identity
-    path = identity_model_file(ident.model, config.analysis.insightface_dir(), ident.weights)
+    path = identity_model_file(ident.model, config.analysis.insightface_dir(),
+                               local_weights(ident.weights))   # a URL: fetched once per machine
     if path is None:
         return {"model": ident.model, "weights": None}
     return {"model": ident.model, "weights": str(path), "sha256": file_sha256(path),
