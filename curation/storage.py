@@ -24,7 +24,8 @@ Contract:
   the block ends: one video per running analysis task. The copy is verified against the size
   the store reports, retried (resuming) on a cut connection, and bounded by `time_limit_s`; a
   video that is gone raises `DecodeError(video_missing)`, one that cannot be copied whole
-  `DecodeError(video_unreadable)`. Scratch folders of processes that died are removed by the
+  `DecodeError(video_unreadable)`; a decoding error raised inside the block names the URL, not
+  the scratch copy. Scratch folders of processes that died are removed by the
   next copy on the same node.
 
 Why a copy rather than a stream: decord opens only paths, and the probe that gives every clip
@@ -210,7 +211,11 @@ def local_video(location: str | None, time_limit_s: float = 600.0,
             raise DecodeError(Reason.VIDEO_UNREADABLE,
                               f"could not copy {location} to node-local scratch: "
                               f"{type(error).__name__}: {error}"[:1000]) from error
-        yield str(local)
+        try:
+            yield str(local)
+        except DecodeError as error:   # the clip's record names the video, not the scratch copy
+            error.message = error.message.replace(str(local), location)
+            raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

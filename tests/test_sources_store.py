@@ -221,6 +221,23 @@ def test_credentials_the_store_refuses_are_one_clear_error(auth_server, monkeypa
 
 # --- whole builds ----------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def ray_with_store(s3_server):  # noqa: F811 - the fixture
+    """A local Ray whose workers see the S3 server's AWS_* environment, as workers started
+    after the credentials were set do (a session Ray started before this module would not)."""
+    import ray
+
+    was_running = ray.is_initialized()
+    if was_running:
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": s3_server.env})
+    yield ray
+    ray.shutdown()
+    if was_running:   # give the session back the Ray it had
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
 BUILD_FLAGS = ["--min-face-size", "40", "--crop-size", "64", "--quality-model", "piqe",
                "--face-detector", "mediapipe", "--identity-model", "none",
                "--identities-per-shard", "2", "--sample-fps", "4", "--test-fraction", "0.25",
@@ -258,7 +275,7 @@ def _without_paths(rows: list[dict], root: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_a_build_from_a_bucket_writes_the_local_builds_shards_and_rows(
-        s3_server, stored_corpus, tmp_path, ray_local):  # noqa: F811
+        s3_server, stored_corpus, tmp_path, ray_with_store):  # noqa: F811
     from curation.build_folder import file_sha256
 
     local, url = stored_corpus
@@ -279,7 +296,7 @@ def test_a_build_from_a_bucket_writes_the_local_builds_shards_and_rows(
 
 @pytest.mark.slow
 def test_a_video_deleted_between_listing_and_analysis_is_one_missing_row_and_the_build_goes_on(
-        s3_server, stored_corpus, tmp_path, ray_local):  # noqa: F811
+        s3_server, stored_corpus, tmp_path, ray_with_store):  # noqa: F811
     local, _url = stored_corpus
     prefix = "deleted/folder"
     upload_tree(s3_server, local / "folder", BUCKET, prefix)

@@ -218,6 +218,36 @@ def read_text(path: str, max_bytes: int = MAX_METADATA_BYTES) -> str:
         return handle.read()
 
 
+def read_texts(paths: list[str], max_bytes: int = MAX_METADATA_BYTES,
+               batch: int = 256) -> Iterator[tuple[str, str | Exception]]:
+    """(path, text) for each path in order, or (path, the error that made it unreadable: one of
+    UNREADABLE_ERRORS). Stored objects are fetched `batch` at a time in concurrent ranged reads
+    of at most max_bytes + 1 bytes: one request after another would cost VFHQ's 16,000
+    metadata files 16,000 round trips."""
+    if not paths or not storage.is_url(paths[0]):
+        for path in paths:
+            try:
+                yield path, read_text(path, max_bytes)
+            except UNREADABLE_ERRORS as error:
+                yield path, error
+        return
+    fs = storage.filesystem(paths[0])
+    for start in range(0, len(paths), batch):
+        chunk = paths[start:start + batch]
+        datas = fs.cat_ranges(chunk, [0] * len(chunk), [max_bytes + 1] * len(chunk),
+                              on_error="return")
+        for path, data in zip(chunk, datas, strict=True):
+            if isinstance(data, Exception):
+                yield path, data if isinstance(data, UNREADABLE_ERRORS) else OSError(str(data))
+            elif len(data) > max_bytes:
+                yield path, ValueError(f"larger than {max_bytes} bytes")
+            else:
+                try:
+                    yield path, data.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    yield path, error
+
+
 # --- values -------------------------------------------------------------------------------------
 
 def number(value: Any, what: str) -> float:

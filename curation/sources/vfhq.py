@@ -23,7 +23,7 @@ from curation.sources.common import (
     is_utf8,
     pixel_box,
     processed_or_raw,
-    read_text,
+    read_texts,
     run_entry,
     scaled_box,
     unreadable_metadata,
@@ -117,6 +117,8 @@ def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
                                   LICENSE)
         return
     keyed = sorted((safe_id(name[:-len(NAME_SUFFIX)]), name) for name in names)
+    # read ahead in order (concurrently on a store); names that are not UTF-8 are never read
+    texts = read_texts([index.file(name) for _clip_id, name in keyed if is_utf8(name)])
     for clip_id, file_name in keyed:
         path = index.file(file_name)
         stem = file_name[:-len(NAME_SUFFIX)]
@@ -124,7 +126,9 @@ def enumerate_clips(index: FileIndex) -> Iterator[ClipRecord]:
             yield run_entry(SOURCE, stem, LICENSE, _clip_record, index, clip_id, stem, Header())
             continue
         try:
-            text = read_text(path)
+            _path, text = next(texts)
+            if isinstance(text, Exception):
+                raise text
             if not looks_like_text(text):
                 raise NotVfhqMetadata("holds NUL bytes: not a text file")
             header = parse_header(text)
