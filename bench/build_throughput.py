@@ -47,12 +47,15 @@ import argparse
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")   # the floor and naive run like one Ray worker
+# The checkout first: `python bench/build_throughput.py` puts bench/ on the path, not the repo.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 

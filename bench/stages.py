@@ -9,6 +9,9 @@ Measures, on this machine, in one run:
   quality    crops per second of TOPIQ-face (real network, stand-in weights: the cost is the
              network's, not the weights') and PIQE, at batch sizes 1, 8, 32, 64, on CPU (and on
              CUDA when torch sees a GPU);
+  work files the cost per face of the clip's work file as the build writes it (raw crop, packed
+             mask: `curation.pipeline.analyze.write_work` / `read_work`) against lossless PNG
+             crops and masks (the format before issue 22), at 256 and 512 px crops;
 then projects the full build (about 1,000 hours of video) on one 64-CPU + 1-GPU node and on
 10 such nodes from those rates. Where no GPU was measured, the projection uses
 `--gpu-crops-per-s` and says so. The baseline of each batch-size row is batch 1 in the same run.
@@ -84,6 +87,59 @@ def project(frames_per_cpu_s: float, cpu_crops_per_s: float, gpu_crops_per_s: fl
             "build_h": max(analysis_h, quality_h), "cpu_only_quality_h": cpu_only_quality_h}
 
 
+def measure_work_files(size: int, faces: int = 24, repeats: int = 3) -> dict[str, float]:
+    """ms per face to write and to read back a work file of `faces` faces of `size` px, raw (the
+    build's) and PNG (level 1 crops, level 6 masks); KB per face of each."""
+    import io
+
+    import cv2
+    from PIL import Image
+    from skimage import data
+
+    from curation.faces.analysis import ClipAnalysis, FaceCandidate
+    from curation.pipeline.analyze import ClipOutcome, read_work, write_work
+
+    base = cv2.resize(data.astronaut(), (size, size))
+    cands = []
+    for i in range(faces):
+        cand = FaceCandidate("c", i, 0.0, (0.0, 0.0, 1.0, 1.0), 1.0, 400.0, "candidate", None,
+                             yaw=0.0, pitch=0.0, roll=0.0, sharpness=1.0)
+        cand.crop = np.roll(base, i, axis=1)
+        cand.mask = np.zeros((size, size), np.uint8)
+        cv2.circle(cand.mask, (size // 2, size // 2), size // 3, 255, -1)
+        cands.append(cand)
+    analysis = ClipAnalysis("c", "ok", None, "", faces, size, size, 25.0, faces, cands)
+    path = Path(tempfile.mkdtemp()) / "work.tar"
+    out: dict[str, float] = {}
+    started = time.perf_counter()
+    for _ in range(repeats):
+        write_work(path, analysis, ClipOutcome("ok", None, "", 0.0))
+    out["raw_write_ms"] = (time.perf_counter() - started) / repeats / faces * 1e3
+    started = time.perf_counter()
+    for _ in range(repeats):
+        read_work(path, lambda cand: True)
+    out["raw_read_ms"] = (time.perf_counter() - started) / repeats / faces * 1e3
+    out["raw_kb"] = path.stat().st_size / faces / 1e3
+
+    def png(array, mode, level) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array, mode).save(buffer, format="PNG", compress_level=level)
+        return buffer.getvalue()
+
+    started = time.perf_counter()
+    for _ in range(repeats):
+        encoded = [(png(c.crop, "RGB", 1), png(c.mask, "L", 6)) for c in cands]
+    out["png_write_ms"] = (time.perf_counter() - started) / repeats / faces * 1e3
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for crop, mask in encoded:
+            np.asarray(Image.open(io.BytesIO(crop)).convert("RGB"))
+            np.asarray(Image.open(io.BytesIO(mask)))
+    out["png_read_ms"] = (time.perf_counter() - started) / repeats / faces * 1e3
+    out["png_kb"] = sum(len(c) + len(m) for c, m in encoded) / faces / 1e3
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/stages.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     corpus = work / "corpus"
     if not (corpus / "corpus.json").exists():
         build_demo_corpus(corpus, seed=0, with_bad_inputs=False)
+    for size in (256, 512):
+        w = measure_work_files(size)
+        print(f"work file, {size} px face: raw (the build's) write {w['raw_write_ms']:.2f} ms, "
+              f"read {w['raw_read_ms']:.2f} ms, {w['raw_kb']:.0f} KB; PNG write "
+              f"{w['png_write_ms']:.2f} ms, read {w['png_read_ms']:.2f} ms, {w['png_kb']:.0f} KB")
     analysis = measure_analysis(corpus / "folder", ns.clips)
     print(f"analysis: {analysis['frames']} sampled frames of {analysis['clips']} clips in "
           f"{analysis['seconds']:.1f} s on 1 CPU = {analysis['frames_per_s']:.1f} frames/s per "

@@ -92,7 +92,7 @@ def test_a_work_file_of_an_older_format_is_not_taken_as_done(tmp_path):
 def test_the_demo_build_records_busy_time_per_stage_and_its_idle_cpu(demo_build):
     run = json.loads((demo_build.manifests_dir / "run.json").read_text())
     timeline = run["timeline"]
-    assert set(timeline["stages"]) == {"analysis", "identity", "quality", "shard"}
+    assert set(timeline["stages"]) == {"warm-up", "analysis", "identity", "quality", "shard"}
     assert timeline["stages"]["shard"]["spans"] == run["shards"]["built_this_run"]
     assert 0.0 <= timeline["idle_fraction"] <= 1.0
     assert timeline["startup_s"] > 0 and timeline["working_phase_s"] > 0

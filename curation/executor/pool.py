@@ -7,9 +7,11 @@
                           landmarks, pose, align, crop -> the clip's work file
       stage 2  quality    an actor pool (one actor per GPU, else a few CPU actors that hold no
                           CPU), models loaded once, fixed requests of the faces selection wants
-      stage 3  identity   one Ray task per identity (1 CPU) the moment its last clip is
-                          analysed: identity check, pose clusters, quality (stage 2), the
-                          choice of N, the encoded sample and the identity's manifest rows
+      stage 3  identity   per identity, the moment its last clip is analysed: a prepare
+                          task (1 CPU: identity check, pose clusters, the crops to score) ->
+                          its quality actor (stage 2) -> a finish task (1 CPU: the choice of
+                          N, the encoded sample and the identity's manifest rows), chained
+                          through the object store so that no worker waits on an actor
       stage 4  shard      one Ray task per shard (no CPU reserved: it only writes) once its
                           identities are done: the samples in plan order, parts, commit
 
@@ -43,6 +45,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from curation import build_folder as bf
 from curation.errors import SchedulingError
@@ -109,6 +113,29 @@ def _node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def _warm_task(analysis, identity, verbose: bool, folder: bf.BuildFolder) -> tuple[float, float]:
+    """Start-up in a Ray worker: import the stages and load the analysis models, while the
+    driver still checks models and prepares the output folder; returns its span."""
+    from curation.pipeline.analyze import load_models
+
+    started = time.time()
+    _quiet_worker(verbose, folder)
+    load_models(analysis, identity)
+    return started, time.time()
+
+
+def warm_workers(config: BuildConfig, folder: bf.BuildFolder) -> list:
+    """One warm-up task per cluster CPU (spread over the nodes), so that the first clips find
+    workers with their models loaded; returns their refs (spans, for `run_shards`). A warm-up
+    that fails costs nothing: the clip that meets the problem records it."""
+    import ray
+
+    warm = ray.remote(_warm_task).options(num_cpus=1, max_retries=0,
+                                          scheduling_strategy="SPREAD")
+    return [warm.remote(config.analysis, config.identity, config.verbose, folder)
+            for _ in range(max(1, int(cluster_cpus())))]
+
+
 def _analysis_task(analysis, identity, verbose: bool, folder: bf.BuildFolder, shard: str,
                    clip) -> ClipOutcome:
     """Stage 1 in a Ray worker (models cached per worker process)."""
@@ -122,27 +149,36 @@ def _analysis_task(analysis, identity, verbose: bool, folder: bf.BuildFolder, sh
     return outcome
 
 
-def _identity_task(settings: dict, verbose: bool, folder: bf.BuildFolder, shard: str, ident,
-                   outcomes: dict[str, ClipOutcome], client, first_request: int):
-    """Stage 3 in a Ray worker, scoring through the quality actors (stage 2). Two returns: a
-    small report for the driver (node, span, the spans it waited on the actors) and the
-    IdentityResult for the shard task (it stays in the object store)."""
-    from curation.pipeline.shard import select_identity
+def _prepare_task(settings: dict, verbose: bool, folder: bf.BuildFolder, shard: str, ident,
+                  outcomes: dict[str, ClipOutcome]):
+    """Stage 3, first half, in a Ray worker: identity check, pose clusters, the crops to score.
+    Three returns: its span, the PreparedIdentity, the crops (the quality actor's input)."""
+    from curation.pipeline.shard import prepare_identity
 
     started = time.time()
     _quiet_worker(verbose, folder)
-    waits: list[tuple[float, float]] = []
+    prepared, crops = prepare_identity(ident, shard, outcomes, **settings)
+    return (started, time.time()), prepared, crops
 
-    def score(crops, request_index):
-        asked = time.time()
+
+def _finish_task(settings: dict, verbose: bool, folder: bf.BuildFolder, prepare_span,
+                 prepared, crops, scores, quality):
+    """Stage 3, second half, in a Ray worker: the choice of N from the actor's `scores` (None:
+    no actor could score them, they are scored here), the encoded sample and the rows. Two
+    returns: a small report for the driver (node, the spans of both halves) and the
+    IdentityResult for the shard task (it stays in the object store)."""
+    from curation.pipeline.scoring import local_scores
+    from curation.pipeline.shard import finish_identity
+
+    started = time.time()
+    _quiet_worker(verbose, folder)
+    if scores is None:
         try:
-            return client.score(crops, request_index)
-        finally:
-            waits.append((asked, time.time()))
-
-    result = select_identity(ident, shard, outcomes, score, first_request=first_request,
-                             **settings)
-    report = {"node": _node(), "started_at": started, "ended_at": time.time(), "waits": waits}
+            scores = local_scores(quality, crops) if crops else np.zeros(0)
+        except Exception as err:  # noqa: BLE001 - handed on: the identity drops with it
+            scores = err
+    result = finish_identity(prepared, crops, scores, **settings)
+    report = {"node": _node(), "spans": [tuple(prepare_span), (started, time.time())]}
     return report, result
 
 
@@ -229,13 +265,16 @@ class _IdentityState:
     ident: Any
     remaining: int
     outcomes: dict[str, ClipOutcome] = field(default_factory=dict)
+    retried_locally: bool = False      # scored in its finish task after its actor failed
 
 
 def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpec],
                identities_done: int, identities_total: int, shards_total: int,
-               timings: dict[str, float] | None = None, pool=None) -> PipelineRun:
+               timings: dict[str, float] | None = None, pool=None,
+               warm: list | None = None) -> PipelineRun:
     """Build the given shards with the staged pipeline.
 
+    `warm`: refs of `warm_workers` tasks, whose spans join the timeline.
     `pool`: quality actors already launched (`QualityPool.launch`, so that they load while the
     driver plans), else launched here; analysis starts without waiting for them.
     `timings["quality_ready"]` gets the seconds from their launch until they were ready; the
@@ -258,13 +297,19 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
                                   None if config.verbose else str(folder.logs_dir))
     analysis = ray.remote(_analysis_task).options(
         num_cpus=1, max_retries=ANALYSIS_MAX_RETRIES, retry_exceptions=False)
-    select = ray.remote(_identity_task).options(num_cpus=1, num_returns=2,
+    # Stage 3 is two tasks around the actor's call, chained through the object store: no
+    # worker ever blocks waiting on an actor (Ray would lend its CPU to a new worker process,
+    # whose start-up leaves the CPU idle meanwhile).
+    prepare = ray.remote(_prepare_task).options(num_cpus=1, num_returns=3,
                                                 max_retries=ASSEMBLY_MAX_RETRIES)
+    finish = ray.remote(_finish_task).options(num_cpus=1, num_returns=2,
+                                              max_retries=ASSEMBLY_MAX_RETRIES)
     # Writing a shard is short I/O: reserving a CPU would leave one idle beside it.
     write = ray.remote(_shard_task).options(num_cpus=0, max_retries=ASSEMBLY_MAX_RETRIES)
-    settings = {"selection": config.selection, "identity": config.identity,
-                "crop_size": config.analysis.crop_size,
-                "quality_model": QualityModel(config.quality.model).value}
+    prepare_settings = {"selection": config.selection, "identity": config.identity}
+    finish_settings = {"images_per_identity": config.selection.images_per_identity,
+                       "crop_size": config.analysis.crop_size,
+                       "quality_model": QualityModel(config.quality.model).value}
     limit_s = config.analysis.clip_time_limit_s + TIMEOUT_GRACE_S
     cpus = cluster_cpus()
     cpu_samples = [(time.time(), cpus)]
@@ -280,7 +325,8 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     results: dict[str, list] = {spec.name: [None] * len(spec.identities) for spec in specs}
     failed_shards: set[str] = set()
     clip_refs: dict[Any, tuple[_IdentityState, Any]] = {}
-    ident_refs: dict[Any, tuple[_IdentityState, float]] = {}
+    ident_refs: dict[Any, tuple[_IdentityState, float]] = {}      # finish reports
+    stage3: dict[int, tuple] = {}        # id(state) -> (span, prepared, crops) refs
     shard_refs: dict[Any, tuple[ShardSpec, float]] = {}
     placement: dict[str, collections.Counter] = {
         "analysis": collections.Counter(), "identity": collections.Counter(),
@@ -295,13 +341,21 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
             run.failures.append((spec.name, message[:2000]))
             progress.shard(len(spec.identities))
 
-    def submit_identity(state: _IdentityState) -> None:
+    def submit_identity(state: _IdentityState, local: bool = False) -> None:
+        """Prepare -> the quality actor -> finish, all submitted at once (Ray runs each when
+        its inputs are ready); `local`: the scores are computed in the finish task (after its
+        actor failed)."""
         if state.spec.name in failed_shards:
             return
-        # Request numbers spread identities over the actors; they never change a score.
-        report, result = select.remote(settings, config.verbose, folder, state.spec.name,
-                                       state.ident, state.outcomes, pool.client(),
-                                       ordinal[id(state)])
+        if id(state) not in stage3:
+            stage3[id(state)] = prepare.remote(prepare_settings, config.verbose, folder,
+                                               state.spec.name, state.ident, state.outcomes)
+        span, prepared, crops = stage3[id(state)]
+        # The identity's number picks its actor; which actor answers never changes a score.
+        actor = None if local else pool.actor_for(ordinal[id(state)])
+        scores = actor.score_all.remote(crops) if actor is not None else None
+        report, result = finish.remote(finish_settings, config.verbose, folder, span,
+                                       prepared, crops, scores, config.quality)
         results[state.spec.name][state.position] = result
         ident_refs[report] = (state, time.monotonic())
 
@@ -318,11 +372,8 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
 
     def identity_done(state: _IdentityState, report: dict) -> None:
         placement["identity"][report["node"]] += 1
-        at = report["started_at"]
-        for asked, answered in report["waits"]:      # waiting on an actor is not CPU work
-            run.spans.append(("identity", at, asked, True))
-            at = answered
-        run.spans.append(("identity", at, report["ended_at"], True))
+        run.spans += [("identity", start, end, True) for start, end in report["spans"]]
+        stage3.pop(id(state), None)
         spec = state.spec
         if spec.name in failed_shards:
             return
@@ -373,8 +424,14 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
                     try:
                         identity_done(state, ray.get(ref, timeout=60))
                     except (RayError, GetTimeoutError) as err:
-                        results.pop(state.spec.name, None)
-                        fail_shard(state.spec, f"identity {state.ident.identity_id}: {err}")
+                        if _actor_lost(err) and not state.retried_locally:
+                            # Its quality actor is gone (node lost, never placed): the finish
+                            # task scores the crops itself.
+                            state.retried_locally = True
+                            submit_identity(state, local=True)
+                        else:
+                            results.pop(state.spec.name, None)
+                            fail_shard(state.spec, f"identity {state.ident.identity_id}: {err}")
                 else:
                     spec, _ = shard_refs.pop(ref)
                     try:
@@ -399,6 +456,12 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
             elif time.monotonic() - last_progress > config.ray.stall_timeout_s:
                 raise SchedulingError(_stalled_message(config, len(clip_refs), pool))
         pool.poll()
+        for ref in warm or []:
+            try:
+                start, end = ray.get(ref, timeout=10)
+                run.spans.append(("warm-up", start, end, True))
+            except (RayError, GetTimeoutError):
+                continue
         for described in pool.busy_spans():
             on_cpu = not str(described.get("device", "cpu")).startswith("cuda")
             run.spans += [("quality", start, end, on_cpu) for start, end in described["spans"]]
@@ -412,6 +475,14 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     run.placement = {stage: dict(counts) for stage, counts in placement.items()}
     run.placement["quality"] = [d.get("node") for d in pool.described]
     return run
+
+
+def _actor_lost(err: BaseException) -> bool:
+    """Whether a task failed because an actor it depended on is gone."""
+    from ray.exceptions import RayActorError
+
+    return isinstance(err, RayActorError) or "ActorDiedError" in str(err) \
+        or "RayActorError" in str(err)
 
 
 def _mean_cpus(samples: list[tuple[float, float]], end: float) -> float:

@@ -1,30 +1,32 @@
 """Stage 2 of the build: face quality on a pool of actors (one per GPU, or N on CPUs).
 
     pool = QualityPool.launch(ray_cfg, quality, logs_dir)   (driver) actors placed, not awaited
-    pool.poll()                                             (driver) placement time limit, notes
-    client = pool.client()                                  picklable, for the identity tasks
-    scores = client.score(crops, request_index)             (anywhere) one fixed request
+    pool.poll()                                             (driver) placement limit, growth
+    pool.actor_for(i).score_all.remote(crops_ref)           one identity's crops, fixed requests
 
 Each actor holds one QualityScorer. Where the cluster has GPUs there is one actor per GPU
 (`num_gpus=1`, or `--gpus-per-actor`); the actor uses CUDA when torch sees a GPU on its node
 and falls back to the CPU otherwise (a node may declare a GPU its torch cannot use: it says so
 in `describe()` rather than failing every identity). Without GPUs, `--quality-actors` CPU actors
 (default: one per 8 CPUs of the cluster, at least one) serve the whole build; they reserve no
-CPU (they compute while their callers, which hold one, wait), so they take CPU only when they
-compute.
+CPU: they take CPU only when they compute, beside the tasks that hold the CPUs (on a busy node
+one process more than its CPUs for as long as a request takes, rather than a core reserved and
+idle for the whole build).
 
 The build does not wait for the actors: `launch` returns at once, analysis starts while the
 actors load their models, and an identity's first request waits (bounded) for its actor. The
 driver's `poll` gives up on actors not placed within PLACEMENT_TIMEOUT_S (their callers then
 score on their own CPU) and records when the rest were ready.
 
-Crops travel as arrays (S x S x 3 uint8). Callers split their work into fixed requests
-(`REQUEST_CROPS`) in an order that does not depend on scheduling, and the actor scores a request
-in chunks of `--quality-batch-size`, so every score (and so every byte of the output) is the
-same whatever the number of actors or the order in which they answer. A caller whose actor is
-gone or does not answer within the time limit scores the request itself on its own CPU
-(`LocalScorer`), so the loss of a GPU node slows the build down and loses nothing. Each actor
-keeps the wall-clock spans of its requests for the build's timeline.
+Crops travel as arrays (S x S x 3 uint8) through the object store: the driver chains an
+identity's prepare task, its actor's `score_all` and its finish task, so no worker blocks on an
+actor. An identity's crops are scored in fixed requests (`REQUEST_CROPS`) in an order that does
+not depend on scheduling, and the actor scores a request in chunks of `--quality-batch-size`,
+so every score (and so every byte of the output) is the same whatever the number of actors or
+the order in which they answer. An identity whose actor is gone is finished again with its
+crops scored in its own finish task (`LocalScorer`, same requests), so the loss of a GPU node
+slows the build down and loses nothing. Each actor keeps the wall-clock spans of its requests
+for the build's timeline.
 """
 
 from __future__ import annotations
@@ -36,13 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curation.pipeline.scoring import LocalScorer
+from curation.pipeline.scoring import LocalScorer, score_in_requests
 
 if TYPE_CHECKING:
     from curation.faces.quality import QualityConfig
     from curation.pipeline.config import RayConfig
 
-REQUEST_TIMEOUT_S = 600.0           # a request that takes longer is scored by the caller
 PLACEMENT_TIMEOUT_S = 60.0          # actors not placed by then: say so, score on the CPUs
 CPUS_PER_CPU_ACTOR = 8
 FOLLOW_S = 10.0                     # how often the pool looks for nodes that joined
@@ -74,40 +75,13 @@ class QualityActor:
         finally:
             self.spans.append((started, time.time()))
 
+    def score_all(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Every score of one identity's crops, in the fixed requests of `score_in_requests`
+        (the same requests whoever answers)."""
+        return score_in_requests(lambda request, _index: self.score(request), crops)
+
     def busy_spans(self) -> dict[str, Any]:
         return {"device": self.local.device, "spans": list(self.spans)}
-
-
-class QualityClient:
-    """What an identity task holds: the ready actors' handles and the quality section (for the
-    local fallback). Picklable."""
-
-    def __init__(self, actors: list, quality: QualityConfig):
-        self.actors = actors
-        self.quality = quality
-        self._local: LocalScorer | None = None
-
-    def __getstate__(self) -> dict:
-        return {"actors": self.actors, "quality": self.quality}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["actors"], state["quality"])
-
-    def score(self, crops: list[np.ndarray], request_index: int = 0) -> np.ndarray:
-        """Scores of one request on the actor chosen by `request_index` (deterministic), or
-        locally when that actor is gone or does not answer in time."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayError
-
-        if self.actors:
-            actor = self.actors[request_index % len(self.actors)]
-            try:
-                return ray.get(actor.score.remote(crops), timeout=REQUEST_TIMEOUT_S)
-            except (RayError, GetTimeoutError):
-                pass        # the actor's node is gone or stuck: the caller scores it
-        if self._local is None:
-            self._local = LocalScorer(self.quality, "cpu")
-        return self._local.score(crops)
 
 
 class QualityPool:
@@ -173,9 +147,9 @@ class QualityPool:
             share = self.ray_cfg.gpus_per_actor or 1.0
             options = {"num_gpus": share, "num_cpus": 1}
         else:
-            # No CPU of its own: a CPU actor computes only while an identity task (which holds
-            # a CPU) waits on it, so reserving one would idle a core for the whole build, and on
-            # a 1-CPU machine leave none for analysis.
+            # No CPU of its own: a CPU actor computes a few seconds per identity, so reserving
+            # a core would leave it idle most of the build, and on a 1-CPU machine leave none
+            # for analysis.
             options = {"num_cpus": 0}
         actor_cls = ray.remote(QualityActor).options(max_restarts=2, max_task_retries=0,
                                                      **options)
@@ -236,13 +210,14 @@ class QualityPool:
         ray.kill(actor, no_restart=True)
         self.actors = [a for a in self.actors if a is not actor]
 
-    def client(self) -> QualityClient:
-        """A picklable handle for identity tasks: the GPU actors once one is ready (so that
-        every identity from then on is scored on the same kind of device), else every actor
-        placed or still loading."""
+    def actor_for(self, index: int):
+        """The actor that scores the identity numbered `index` (None: there is none, the
+        identity scores on its own CPU): among the GPU actors once one is ready (so that every
+        identity from then on is scored on the same kind of device), else among every actor
+        placed or still loading (a call waits for its model)."""
         ready_gpu = {d.get("actor") for d in self.described if d.get("device") == "cuda"}
-        gpu = [a for a in self.actors if a._actor_id.hex() in ready_gpu]
-        return QualityClient(gpu or list(self.actors), self.quality)
+        actors = [a for a in self.actors if a._actor_id.hex() in ready_gpu] or self.actors
+        return actors[index % len(actors)] if actors else None
 
     def busy_spans(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Every live actor's {'device', 'spans'} (bounded wait; an actor that does not answer

@@ -6,7 +6,8 @@
 
 Start-up overlaps: the model check runs in a thread while the driver plans and Ray starts,
 and the quality actors are launched as soon as Ray is up, to load their models while the
-output folder is prepared and the first clips are analysed. A plan with shards starts Ray
+output folder is prepared and the first clips are analysed; one warm-up task per CPU loads the
+analysis models into Ray's workers meanwhile, so the first clips find them loaded. A plan with shards starts Ray
 before the resume check knows whether any is left to build (a rerun of a finished build then
 starts and stops Ray, in the shadow of the model check).
 
@@ -24,7 +25,7 @@ import time
 
 from curation import build_folder as bf
 from curation import manifests, takedowns
-from curation.executor.pool import PipelineRun, init_ray, run_shards
+from curation.executor.pool import PipelineRun, init_ray, run_shards, warm_workers
 from curation.pipeline.config import BuildConfig
 from curation.pipeline.finalize import (
     BuildSummary,
@@ -98,6 +99,7 @@ def _run_build_locked(config: BuildConfig) -> BuildSummary:
     interrupted = False
     started_ray = False
     pool = None
+    warm: list = []
     try:
         t = time.monotonic()
         decided = plan_run(config, folder)
@@ -109,6 +111,7 @@ def _run_build_locked(config: BuildConfig) -> BuildSummary:
             timings["ray_init"] = time.monotonic() - t
             pool = QualityPool.launch(config.ray, config.quality,
                                       None if config.verbose else str(folder.logs_dir))
+            warm = warm_workers(config, folder)
         # A missing weight file is said here, before the output folder is touched.
         models = models_check.result(MODEL_CHECK_TIMEOUT_S)
         timings["check_models"] = models_check.seconds
@@ -129,7 +132,7 @@ def _run_build_locked(config: BuildConfig) -> BuildSummary:
         try:
             if todo:
                 pipeline = run_shards(config, folder, todo, ids_done, ids_total,
-                                      len(plan.shards), timings, pool=pool)
+                                      len(plan.shards), timings, pool=pool, warm=warm)
                 pool = None                   # run_shards closed it
         except KeyboardInterrupt:
             interrupted = True

@@ -52,3 +52,21 @@ def score_in_requests(score, crops: list[np.ndarray], first_request: int = 0) ->
         out.append(np.asarray(score(crops[start:start + REQUEST_CROPS], first_request + i),
                               dtype=np.float64).reshape(-1))
     return np.concatenate(out) if out else np.zeros(0)
+
+
+# One fallback model per process: a caller whose actor is gone scores here, and loads it once.
+_LOCAL: dict[str, LocalScorer] = {}
+
+
+def local_scores(quality: QualityConfig, crops: list[np.ndarray]) -> np.ndarray:
+    """The scores of `crops` on this process's CPU, in the same fixed requests an actor
+    answers (the fallback when no actor can); the model is loaded once per process."""
+    import dataclasses
+    import json
+
+    key = json.dumps(dataclasses.asdict(quality), sort_keys=True, default=str)
+    if key not in _LOCAL:
+        _LOCAL.clear()
+        _LOCAL[key] = LocalScorer(quality, "cpu")
+    scorer = _LOCAL[key]
+    return score_in_requests(lambda request, _index: scorer.score(request), crops)

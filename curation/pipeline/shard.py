@@ -45,6 +45,7 @@ from curation.pipeline.analyze import (
     work_dir,
 )
 from curation.pipeline.identity_check import (
+    IdentityDecision,
     check_identity,
     dropped_selection,
     face_columns,
@@ -112,16 +113,30 @@ class IdentityResult:
     rows: dict[str, list[dict]]
 
 
-def select_identity(ident: IdentityPlan, shard: str, outcomes: dict[str, ClipOutcome],
-                    score: ScoreFn, *, selection: SelectionConfig, identity: IdentityConfig,
-                    crop_size: int, quality_model: str, first_request: int = 0
-                    ) -> IdentityResult:
-    """Check, cluster, score, choose and encode one identity from its clips' outcomes (keyed
-    by `clip_key`) and work files. `selection` and `identity` are the build's sections of those
-    names, `crop_size` the analysis section's, `quality_model` the QualityModel value; quality
-    requests are numbered from `first_request` (it only spreads them over the actors). Never
-    raises for a bad clip or work file: those become rows with their reasons."""
-    model_name = QualityModel(quality_model).value
+@dataclass
+class PreparedIdentity:
+    """An identity up to the quality model: its clip rows, faces (the scored ones with their
+    masks; their crops travel beside, see `prepare_identity`), the identity check's decision
+    and its selection so far (a final Selection, a PendingSelection, or None after an error)."""
+
+    ident: IdentityPlan
+    shard: str
+    clip_rows: list[dict]
+    faces: list[_Face]
+    rejected: list[_Face]
+    decision: IdentityDecision
+    pending: Selection | PendingSelection | None
+    message: str = ""
+
+
+def prepare_identity(ident: IdentityPlan, shard: str, outcomes: dict[str, ClipOutcome], *,
+                     selection: SelectionConfig, identity: IdentityConfig
+                     ) -> tuple[PreparedIdentity, list[np.ndarray]]:
+    """An identity's clips (outcomes keyed by `clip_key`, and their work files), the identity
+    check, pose clusters and sharpness pre-rank: (the prepared identity, the crops the quality
+    model must score, in `pending.scored` order). Reads each work file's fields, then only the
+    pixels of the scored faces. Never raises for a bad clip or work file: those become rows
+    with their reasons."""
     clip_rows, faces, rejected = [], [], []
     for clip in ident.clips:
         outcome = outcomes.get(clip_key(clip)) or ClipOutcome.failed(
@@ -140,47 +155,81 @@ def select_identity(ident: IdentityPlan, shard: str, outcomes: dict[str, ClipOut
     # Identity check (issue 13): other people's faces leave before selection; an identity
     # without a dominant person is dropped with that reason.
     faces, rejected, decision = check_identity(faces, rejected, clip_rows, identity)
-    message = ""
-    chosen: Selection | None = None
-    members = None
+    prepared = PreparedIdentity(ident, shard, clip_rows, faces, rejected, decision, None)
+    crops: list[np.ndarray] = []
     if decision.drop_reason is not None:
-        chosen = dropped_selection(decision)
-    else:
+        prepared.pending = dropped_selection(decision)
+        return prepared, crops
+    try:
+        s = selection
+        poses = np.array([[f.cand.yaw, f.cand.pitch, f.cand.roll] for f in faces],
+                         dtype=np.float64).reshape(-1, 3)
+        sharpness = np.array([f.cand.sharpness or 0.0 for f in faces], dtype=np.float64)
+        pending = plan_selection(poses, sharpness, n_images=s.images_per_identity,
+                                 pose_clusters=s.pose_clusters,
+                                 scored_per_cluster=s.scored_per_cluster, seed=s.seed)
+        if isinstance(pending, PendingSelection):
+            scored = [faces[i] for i in pending.scored]
+            _load_pixels(scored)
+            crops = [face.pixels[0] for face in scored]
+            for face in scored:          # the crops travel once, beside the prepared identity
+                face.pixels = (None, face.pixels[1])
+        prepared.pending = pending
+    except Exception as err:  # noqa: BLE001 - one identity must not lose the shard
+        prepared.message = describe(err)
+    return prepared, crops
+
+
+def finish_identity(prepared: PreparedIdentity, crops: list[np.ndarray], scores, *,
+                    images_per_identity: int, crop_size: int, quality_model: str
+                    ) -> IdentityResult:
+    """The choice of N faces from the quality model's `scores` of `crops` (as
+    `prepare_identity` gave them), the sample (crops as JPEG, masks as PNG, the record as JSON)
+    and the identity's manifest rows. `scores` may be an exception (the model failed): the
+    identity is then dropped with its message."""
+    model_name = QualityModel(quality_model).value
+    ident, shard, faces = prepared.ident, prepared.shard, prepared.faces
+    chosen, message, members = prepared.pending, prepared.message, None
+    if isinstance(chosen, PendingSelection):
         try:
-            chosen = _select(faces, score, selection, first_request)
+            if isinstance(scores, BaseException):
+                raise scores
+            for face, crop in zip([faces[i] for i in chosen.scored], crops, strict=True):
+                face.pixels = (crop, face.pixels[1])
+            chosen = finish_selection(chosen, scores, images_per_identity)
         except Exception as err:  # noqa: BLE001 - one identity must not lose the shard
-            message = describe(err)
-        if chosen is not None and chosen.choice.ok:
-            try:
-                members = _sample(ident, faces, chosen, crop_size, model_name)
-            except Exception as err:  # noqa: BLE001 - a broken work file loses one identity
-                chosen, message = None, describe(err)
+            chosen, message = None, describe(err)
+    if chosen is not None and chosen.choice.ok:
+        try:
+            members = _sample(ident, faces, chosen, crop_size, model_name)
+        except Exception as err:  # noqa: BLE001 - a broken work file loses one identity
+            chosen, message = None, describe(err)
     message = message or (chosen.choice.message if chosen is not None else "")
-    rows = {"clips": clip_rows,
-            "faces": _face_rows(ident, shard, faces, rejected, chosen, model_name)}
-    row = _identity_row(ident, shard, faces, chosen, clip_rows, message, model_name)
-    rows["identities"] = [{**row, **identity_columns(decision, row["status"] == Status.KEPT,
+    rows = {"clips": prepared.clip_rows,
+            "faces": _face_rows(ident, shard, faces, prepared.rejected, chosen, model_name)}
+    row = _identity_row(ident, shard, faces, chosen, prepared.clip_rows, message, model_name)
+    rows["identities"] = [{**row, **identity_columns(prepared.decision,
+                                                     row["status"] == Status.KEPT,
                                                      rows["faces"])}]
     return IdentityResult(ident.key, members, rows)
 
 
-def _select(faces: list[_Face], score: ScoreFn, s: SelectionConfig, first_request: int
-            ) -> Selection:
-    """Pose clusters and sharpness pre-rank, the quality model on the faces that want it
-    (their pixels read here, once per work file), the choice; the crops of the scored faces
-    stay on `_Face.pixels` for the sample."""
-    poses = np.array([[f.cand.yaw, f.cand.pitch, f.cand.roll] for f in faces],
-                     dtype=np.float64).reshape(-1, 3)
-    sharpness = np.array([f.cand.sharpness or 0.0 for f in faces], dtype=np.float64)
-    pending = plan_selection(poses, sharpness, n_images=s.images_per_identity,
-                             pose_clusters=s.pose_clusters,
-                             scored_per_cluster=s.scored_per_cluster, seed=s.seed)
-    if not isinstance(pending, PendingSelection):
-        return pending
-    scored = [faces[i] for i in pending.scored]
-    _load_pixels(scored)
-    values = score_in_requests(score, [f.pixels[0] for f in scored], first_request)
-    return finish_selection(pending, values, s.images_per_identity)
+def select_identity(ident: IdentityPlan, shard: str, outcomes: dict[str, ClipOutcome],
+                    score: ScoreFn, *, selection: SelectionConfig, identity: IdentityConfig,
+                    crop_size: int, quality_model: str, first_request: int = 0
+                    ) -> IdentityResult:
+    """`prepare_identity`, the quality model (`score`, in fixed requests numbered from
+    `first_request`), `finish_identity`, in this process: what the build's identity stage
+    does with its tasks and actors, for tests and tools."""
+    prepared, crops = prepare_identity(ident, shard, outcomes, selection=selection,
+                                       identity=identity)
+    try:
+        scores = score_in_requests(score, crops, first_request) if crops else np.zeros(0)
+    except Exception as err:  # noqa: BLE001 - handed to finish_identity: the identity drops
+        scores = err
+    return finish_identity(prepared, crops, scores,
+                           images_per_identity=selection.images_per_identity,
+                           crop_size=crop_size, quality_model=quality_model)
 
 
 def _load_pixels(faces: list[_Face]) -> None:
