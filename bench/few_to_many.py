@@ -461,9 +461,9 @@ DEMO_METRICS = ("id_similarity", "pose_error", "l1_face")
 
 def run_demo(args: argparse.Namespace) -> dict:
     """The real-face study of the module doc; prints its tables, returns every number."""
+    from mfhq_contract.terminal import quiet_terminal
     from mfhq_faces.embedders import DlibEmbedder
     from training.eval import Evaluator
-    from training.quiet import library_output_to
 
     size = DEMO_SIZES[args.size if args.size in DEMO_SIZES else "default"]
     if args.steps > 0:
@@ -506,7 +506,7 @@ def run_demo(args: argparse.Namespace) -> dict:
             out = args.work / "runs-demo" / f"{args.size}-{size.steps}-{regime.n_in}" \
                 f"-{regime.n_tgt}-{regime.mask_ratio}-seed{seed}"
             config = demo_run_config(size, regime, seed, train_urls, out, device, train_ids)
-            with library_output_to(log):
+            with quiet_terminal(log):
                 summary = train(config, progress=False)
                 trained = time.perf_counter() - start
                 model, saved = load_model(summary["checkpoint"], device)

@@ -47,8 +47,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from curation.errors import SetupError
-from curation.faces.quality import TOPIQ_FACE_FILE
 from mfhq_contract.storage import filesystem
+
+# pyiqa names a checkpoint by its sha256 prefix (torch.hub's rule): the name is its checksum.
+TOPIQ_FACE_FILE = "topiq_nr_cgfiqa_res50-0a8b8e4f.pth"
 
 # The addresses the libraries publish (insightface 2.1, pyiqa 0.1.16): a test checks that the
 # installed packages still compute the same ones.
@@ -111,10 +113,11 @@ def insightface_default_root() -> Path:
 
 
 def pyiqa_cache_dir() -> Path:
-    """pyiqa's download folder: `torch.hub.get_dir()/pyiqa` (`$TORCH_HOME/hub/pyiqa`)."""
-    from curation.faces.quality import pyiqa_cache_dir as quality_cache_dir
+    """pyiqa's download folder: `torch.hub.get_dir()/pyiqa` (`$TORCH_HOME/hub/pyiqa`), where
+    the quality model looks for its weights and `mfhq models fetch` puts them."""
+    import torch
 
-    return quality_cache_dir()
+    return Path(torch.hub.get_dir()) / "pyiqa"
 
 
 def model_cache_dir() -> Path:

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m mfhq.demo") -> in
                              "instead of in WORKDIR/logs/demo.log")
     ns = parser.parse_args(argv)
 
-    from curation.quiet import quiet_terminal
+    from mfhq_contract.terminal import quiet_terminal
 
     paths = demo_paths(ns.workdir)
     with quiet_terminal(paths.workdir / "logs" / "demo.log", enabled=not ns.verbose) as log:

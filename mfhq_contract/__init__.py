@@ -1,4 +1,10 @@
-"""The shard contract between curation (writer) and training (reader): the only module both import.
+"""The ground floor both halves stand on (beside the face toolkit, `mfhq_faces`): the shard
+contract between curation (writer) and training (reader), here, and the conventions both
+commands share, in submodules: `errors` (what a person fixes: one line, exit code 2),
+`terminal` (our messages on the terminal, library output in a log file), `storage` (local
+paths and fsspec URLs with their options).
+
+The shard contract:
 
 One identity is one WebDataset sample:
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mfhq_contract.terminal import terminal
 from training import checkpoint as ckpt
 from training import storage
 from training.config import TrainConfig
@@ -61,7 +62,7 @@ def encode_images(encoder: OmniIDEncoder, paths: list[Path], image_size: int) ->
             f"none of the images could be read: {shown or 'no image files given'}. Give "
             f"JPEG / PNG / WebP face crops of one person (files or folders)")
     for failure in failures:  # some were readable: encode those, name the others
-        print(f"warning: skipped {failure}", file=sys.stderr)
+        print(f"warning: skipped {failure}", file=terminal())
     device = next(encoder.parameters()).device
     batch = torch.from_numpy(np.stack(images))[None].to(device).float() / 255.0
     return encoder(batch)[0].float().cpu()

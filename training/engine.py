@@ -15,13 +15,13 @@ at the end. What the loop starts from (model, optimiser, restored state) is set 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from mfhq_contract.terminal import terminal
 from training import checkpoint as ckpt
 from training import storage
 from training.config import OptimConfig, TrainConfig, to_dict
@@ -202,13 +202,14 @@ class TrainingLoop:
         if progress and self.rank == 0:
             from tqdm import tqdm
             bar = tqdm(total=config.max_steps, initial=self.state.step, desc=str(config.stage),
+                       file=terminal(),
                        unit="step")
         last_loss = float("nan")
         try:
             last_loss = self._epochs(bar)
         except NonFiniteLossError as exc:
             self.metrics.write({"step": self.state.step, "loss": None, "stopped": str(exc)})
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}", file=terminal())
             raise
         finally:
             if bar is not None:

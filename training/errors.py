@@ -8,9 +8,10 @@ as well. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import sys
 import traceback
 from collections.abc import Callable
+
+from mfhq_contract.terminal import terminal
 
 
 class InputError(Exception):
@@ -29,5 +30,5 @@ def report_errors(run: Callable[[], int], verbose: bool) -> int:
             traceback.print_exc()
         message = str(exc) if not isinstance(exc, FileNotFoundError) or not exc.filename \
             else f"{exc.strerror}: {exc.filename}"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}", file=terminal())
         return 2

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mfhq_contract.terminal import quiet_terminal
 from training import checkpoint as ckpt
 from training import storage
 from training.blocks import patchify, unpatchify
@@ -45,7 +46,6 @@ from training.data import EvalStream, check_shards
 from training.errors import report_errors
 from training.model import OmniID, to_signed, to_unit
 from training.mtd import random_patch_mask
-from training.quiet import library_output_to
 
 
 def load_model(path: str, device: torch.device | str, prefer_ema: bool = True,
@@ -354,7 +354,7 @@ def build_parser(prog: str = "python -m training.eval") -> argparse.ArgumentPars
 def main(argv: list[str] | None = None, prog: str = "python -m training.eval") -> int:
     args = build_parser(prog).parse_args(argv)
     log_file = args.log_file or str(Path(tempfile.gettempdir()) / "mfhq-eval.log")
-    with library_output_to(log_file, enabled=not args.verbose):
+    with quiet_terminal(log_file, enabled=not args.verbose):
         return report_errors(lambda: evaluate_command(args), args.verbose)
 
 

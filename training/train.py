@@ -13,7 +13,7 @@ Outputs under `--out`, a local folder or an fsspec URL (`training.storage`): `ch
 `data-rank<r>.json` (shards seen, skipped samples). `--resume` and `--init` give every rank the
 same checkpoint without a shared filesystem (`agreed_checkpoint`). A bad input (missing file,
 shards that match nothing, not a shard, weights in no known layout) ends in one line and exit
-code 2 (`training.errors`); library output goes to a log file (`training.quiet`).
+code 2 (`training.errors`); library output goes to a log file (`mfhq_contract.terminal`).
 
 This module is the CLI and the set-up (device, processes, seeds, model, optimiser, resume);
 `training.engine.TrainingLoop` runs the loop.
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mfhq_contract.terminal import quiet_terminal, terminal
 from training import checkpoint as ckpt
 from training import storage
 from training.config import (
@@ -60,7 +61,6 @@ from training.engine import LoopState, NonFiniteLossError, StepRunner, TrainingL
 from training.errors import report_errors
 from training.model import OmniID, needs_unused_parameters
 from training.optim import EMA, build_optimizer
-from training.quiet import library_output_to
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,7 @@ def restore(state: dict, model: OmniID, optimizer: torch.optim.Optimizer, ema: E
     if rank < len(state["data"]):
         loop_state.data = state["data"][rank]
     ckpt.restore_rng(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-    print(f"resumed from {state['path']} at step {loop_state.step}", file=sys.stderr)
+    print(f"resumed from {state['path']} at step {loop_state.step}", file=terminal())
     return loop_state
 
 
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m training.train") 
     log_file = args.log_file or (
         str(Path(tempfile.gettempdir()) / "mfhq-train.log") if storage.is_url(config.out)
         else str(Path(config.out) / "mfhq-train.log"))
-    with library_output_to(log_file, enabled=not args.verbose):
+    with quiet_terminal(log_file, enabled=not args.verbose):
         return report_errors(lambda: train_command(args, config), args.verbose)
 
 

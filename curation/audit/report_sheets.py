@@ -22,9 +22,9 @@ import pandas as pd
 
 from curation import build_folder as bf
 from curation.audit.report_data import BuildTables, ReportConfig, round_or_none
-from curation.quiet import terminal
 from curation.records import Status
 from mfhq_contract import IMAGES_PER_IDENTITY, JSON_EXT, image_ext
+from mfhq_contract.terminal import terminal
 
 THUMB_JPEG_QUALITY = 85
 MAX_MEMBER_BYTES = 32 * 1024 * 1024

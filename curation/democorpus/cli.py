@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "mfhq democorpus") -> 
 def main(argv: list[str] | None = None, prog: str = "mfhq democorpus") -> int:
     from curation.democorpus.build import build_demo_corpus
     from curation.democorpus.faces_source import SourceFaceError
-    from curation.quiet import quiet_terminal, terminal
+    from mfhq_contract.terminal import quiet_terminal, terminal
 
     config = parse_args(argv, prog)
     started = time.perf_counter()

@@ -101,7 +101,7 @@ _QUIETED = False
 def _quiet_worker(verbose: bool, folder: bf.BuildFolder) -> None:
     global _QUIETED
     if not verbose and not _QUIETED:
-        from curation.quiet import send_process_output_to
+        from mfhq_contract.terminal import send_process_output_to
 
         send_process_output_to(folder.logs_dir)
         _QUIETED = True
@@ -207,7 +207,7 @@ class _Progress:
                  shards_done: int, shards_total: int):
         from tqdm import tqdm
 
-        from curation.quiet import terminal
+        from mfhq_contract.terminal import terminal
 
         self.clips, self.clips_total = 0, clips_total
         self.shards, self.shards_total = shards_done, shards_total

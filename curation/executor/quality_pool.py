@@ -54,7 +54,7 @@ class QualityActor:
 
     def __init__(self, quality: QualityConfig, logs_dir: str | None, device: str):
         if logs_dir is not None:
-            from curation.quiet import send_process_output_to
+            from mfhq_contract.terminal import send_process_output_to
 
             send_process_output_to(logs_dir)
         self.local = LocalScorer(quality, device)

@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None, prog: str = "mfhq build") -> int:
     writes: one message, no traceback."""
     from curation.errors import SetupError
     from curation.pipeline.config import parse_args
-    from curation.quiet import quiet_terminal, terminal
+    from mfhq_contract.terminal import quiet_terminal, terminal
 
     config = parse_args(argv, prog=prog)
     if config.dry_run:

@@ -23,6 +23,7 @@ import numpy as np
 
 from curation.build_folder import file_sha256
 from curation.errors import MissingWeightsError
+from curation.models_fetch import TOPIQ_FACE_FILE, pyiqa_cache_dir
 
 
 class QualityModel(StrEnum):
@@ -45,15 +46,7 @@ class QualityConfig:
     batch_size: int = 8             # crops per forward pass (does not change the scores)
 TOPIQ_INPUT_SIZE = 512
 # The file name pyiqa gives the TOPIQ-face checkpoint in its cache folder.
-TOPIQ_FACE_FILE = "topiq_nr_cgfiqa_res50-0a8b8e4f.pth"
 _OFFLINE_MODEL_NAME = "topiq_nr_face_res50_local"   # no "gfiqa": see the module docstring
-
-
-def pyiqa_cache_dir() -> Path:
-    """Where pyiqa keeps downloaded weights: `$TORCH_HOME/hub/pyiqa` (torch.hub.get_dir())."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "pyiqa"
 
 
 def default_topiq_weights() -> Path:
