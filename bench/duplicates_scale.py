@@ -80,6 +80,11 @@ def rss_mb() -> float:
 
 
 def peak_mb() -> float:
+    """This process's peak resident memory (MB): VmHWM, which starts afresh at exec (getrusage's
+    ru_maxrss does not: a child inherits its parent's peak at the fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
