@@ -14,6 +14,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TIMING_COLUMNS = ("analysis_seconds",)   # wall time per clip: the only field allowed to differ
+# A small build of the demo corpus: 3 identities, one per shard, 2 CPUs.
+SMALL_BUILD = ["--no-progress", "--num-cpus", "2", "--limit", "3", "--identities-per-shard", "1"]
+
+
+def small_build_args(paths, output: Path) -> list[str]:
+    """The demo build's arguments (`mfhq.demo`), made small and pointed at `output`."""
+    from mfhq.demo import demo_build_args
+
+    args = demo_build_args(paths, SMALL_BUILD)
+    args[args.index("--output") + 1] = str(output)
+    return args
 
 
 def start_build(args: list[str], log: Path) -> subprocess.Popen:

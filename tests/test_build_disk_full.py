@@ -16,21 +16,13 @@ import pytest
 from _reliability_helpers import (
     manifest_rows,
     shard_hashes,
+    small_build_args,
     start_build,
     temporaries,
 )
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--no-progress", "--num-cpus", "2", "--limit", "3", "--identities-per-shard", "1"]
-
-
-def _args(paths, output: Path) -> list[str]:
-    from mfhq.demo import demo_build_args
-
-    args = demo_build_args(paths, SMALL)
-    args[args.index("--output") + 1] = str(output)
-    return args
 
 
 def _mount(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -62,10 +54,10 @@ def test_a_build_onto_a_full_disk_stops_with_one_message_and_a_rerun_with_room_e
 
     paths, _ = demo_corpus
     baseline = tmp_path / "undisturbed"
-    assert _run(_args(paths, baseline), tmp_path / "baseline.log") == 0
+    assert _run(small_build_args(paths, baseline), tmp_path / "baseline.log") == 0
 
     output = tiny_disk / "build"
-    args = _args(paths, output)
+    args = small_build_args(paths, output)
     log = tmp_path / "full.log"
     assert _run(args, log) == 3, log.read_text()[-3000:]
     said = log.read_text()

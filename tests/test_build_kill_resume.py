@@ -19,6 +19,7 @@ from _reliability_helpers import (
     manifest_rows,
     planned_shards,
     shard_hashes,
+    small_build_args,
     start_build,
     temporaries,
     visible_problems,
@@ -28,15 +29,6 @@ from _reliability_helpers import (
 # whole builds (and, for clusters, Ray nodes started here): the full suite only
 pytestmark = pytest.mark.slow
 
-SMALL = ["--no-progress", "--num-cpus", "2", "--limit", "3", "--identities-per-shard", "1"]
-
-
-def _args(paths, output: Path) -> list[str]:
-    from mfhq.demo import demo_build_args
-
-    args = demo_build_args(paths, SMALL)
-    args[args.index("--output") + 1] = str(output)
-    return args
 
 
 def _run_to_end(args: list[str], log: Path) -> None:
@@ -52,7 +44,7 @@ def _tars(output: Path) -> list[Path]:
 def baseline(demo_corpus, tmp_path_factory):
     paths, _ = demo_corpus
     output = tmp_path_factory.mktemp("undisturbed") / "build"
-    _run_to_end(_args(paths, output), output.parent / "build.log")
+    _run_to_end(small_build_args(paths, output), output.parent / "build.log")
     assert len(planned_shards(output)) >= 3, "the kill moments need at least 3 shards"
     return output, shard_hashes(output), manifest_rows(output)
 
@@ -74,7 +66,7 @@ def test_killed_at_startup_after_planning_and_mid_shard_then_resumed(demo_corpus
                                                                       tmp_path):
     paths, _ = demo_corpus
     output = tmp_path / "build"
-    args = _args(paths, output)
+    args = small_build_args(paths, output)
     log = tmp_path / "build.log"
 
     # 1. Before any output: nothing may be left behind.
@@ -108,7 +100,7 @@ def test_killed_at_startup_after_planning_and_mid_shard_then_resumed(demo_corpus
 def test_killed_during_finalize_then_resumed(demo_corpus, baseline, tmp_path):
     paths, _ = demo_corpus
     output = tmp_path / "build"
-    args = _args(paths, output)
+    args = small_build_args(paths, output)
     log = tmp_path / "build.log"
     proc = start_build(args, log)
     wait_for(proc, lambda: (output / "manifests" / "plan.json").exists()

@@ -11,22 +11,19 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from _reliability_helpers import REPO, kill_build, start_build, temporaries, wait_for
+from _reliability_helpers import (
+    REPO,
+    kill_build,
+    small_build_args,
+    start_build,
+    temporaries,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--no-progress", "--num-cpus", "2", "--limit", "3", "--identities-per-shard", "1"]
-
-
-def _args(paths, output: Path) -> list[str]:
-    from mfhq.demo import demo_build_args
-
-    args = demo_build_args(paths, SMALL)
-    args[args.index("--output") + 1] = str(output)
-    return args
 
 
 def _mfhq(*args: str) -> subprocess.CompletedProcess:
@@ -43,7 +40,7 @@ def test_a_second_build_on_a_held_output_is_refused_and_a_killed_holder_is_taken
 
     paths, _ = demo_corpus
     output = tmp_path / "build"
-    args = _args(paths, output)
+    args = small_build_args(paths, output)
     lock = output / "manifests" / LOCK_FILE
     holder = start_build(args, tmp_path / "first.log")
     try:
