@@ -78,6 +78,16 @@ class FileIndex:
         if first is not path:
             self.more.setdefault(name, [first]).append(path)
 
+    def finish(self) -> FileIndex:
+        """After the walk or listing: each name's first path in path order (the same file on
+        every run, whatever order the walk or the store gave)."""
+        for name, paths in self.more.items():
+            paths.sort()
+            self.files[name] = paths[0]
+        for paths in self.dirs.values():
+            paths.sort()
+        return self
+
     def file(self, name: str) -> str | None:
         return self.files.get(name)
 
@@ -166,12 +176,7 @@ def build_index(root: str | os.PathLike) -> FileIndex:
                 index.walk_errors.append(f"{entry.path}: {error}")
         if holds_images:
             index.image_dirs.add(folder)
-    for name, paths in index.more.items():
-        paths.sort()
-        index.files[name] = paths[0]
-    for paths in index.dirs.values():
-        paths.sort()
-    return index
+    return index.finish()
 
 
 def _build_store_index(url: str) -> FileIndex:
@@ -194,12 +199,7 @@ def _build_store_index(url: str) -> FileIndex:
         index.add_file(parts[-1], path)
         if parts[-1].lower().endswith(IMAGE_EXTENSIONS):
             index.image_dirs.add(path.rsplit("/", 1)[0])
-    for name, paths in index.more.items():
-        paths.sort()
-        index.files[name] = paths[0]
-    for paths in index.dirs.values():
-        paths.sort()
-    return index
+    return index.finish()
 
 
 def open_binary(path: str):
