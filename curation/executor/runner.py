@@ -95,6 +95,12 @@ def _run_build_locked(config: BuildConfig) -> BuildSummary:
     for kind, root in config.sources:     # a wrong path is said before any model is looked for
         check_root(kind, root)
     models_check = _InThread(check_models, config)
+    if config.ray.address:
+        # Joining a running cluster takes about a second, nothing worth overlapping; and a
+        # `ray job submit` driver's ray.init unpacks the job's working directory again, which
+        # leaves this process's working directory deleted for whatever runs meanwhile (torch's
+        # import then fails in the model check).
+        models_check.result(MODEL_CHECK_TIMEOUT_S)
     pipeline = PipelineRun()
     interrupted = False
     started_ray = False
