@@ -216,3 +216,76 @@ def test_a_build_submitted_with_ray_job_submit_completes(small_corpus, one_node,
     hashes, rows = one_node
     assert shard_hashes(output) == hashes
     assert manifest_rows(output) == rows
+
+
+def _ray_task_spans(address: str, task: str) -> list[tuple[float, float]]:
+    """(start, end) in seconds of every execution of the remote function named `task`, from
+    Ray's own timeline of the cluster (read by a separate driver: this process never joins)."""
+    probe = ("import json, sys, ray\n"
+             f"ray.init(address={address!r}, logging_level='ERROR')\n"
+             "events = ray.timeline()\n"
+             f"spans = [(e['ts'] / 1e6, (e['ts'] + e['dur']) / 1e6) for e in events\n"
+             f"         if str(e.get('cat', '')).startswith('task::')\n"
+             f"         and str(e.get('name', '')).endswith({task!r})]\n"
+             "print('SPANS ' + json.dumps(spans))\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    line = [x for x in result.stdout.splitlines() if x.startswith("SPANS ")]
+    assert line, result.stdout[-2000:] + result.stderr[-2000:]
+    return [tuple(span) for span in json.loads(line[-1][len("SPANS "):])]
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+@pytest.fixture(scope="module")
+def wide_corpus(small_corpus, tmp_path_factory):
+    """The small corpus with each clip twice (12 clips): enough clips left when a node joins."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("wide") / "folder"
+    for person in sorted(p for p in small_corpus.iterdir() if p.is_dir()):
+        (root / person.name).mkdir(parents=True)
+        for i, clip in enumerate(sorted(person.glob("*.mp4")) * 2):
+            shutil.copyfile(clip, root / person.name / f"clip_{i}.mp4")
+    return root
+
+
+@pytest.mark.timeout(900)
+def test_a_node_that_joins_mid_build_gets_analysis_tasks_at_once(wide_corpus, tmp_path,
+                                                                 monkeypatch):
+    reference = tmp_path / "one-node"
+    result = _run(_args(wide_corpus, reference) + ["--num-cpus", "2"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Ray's own timeline records task executions only with profiling on, in every node.
+    monkeypatch.setenv("RAY_PROFILING", "1")
+    with _head_only(num_cpus=1) as c:
+        output = tmp_path / "build"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        log_path = tmp_path / "build.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "curation.build_mfhq", "--verbose",
+                                     *_args(wide_corpus, output), "--ray-address", c.address],
+                                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        inflight = output / "manifests" / ".inflight"
+        deadline = time.monotonic() + 300
+        while not (inflight.is_dir() and any(inflight.glob("*.json"))):   # the first clip runs
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the build never started a clip"
+            time.sleep(0.05)
+        c.add_node(num_cpus=4)
+        assert proc.wait(timeout=600) == 0, log_path.read_text()
+        time.sleep(2)        # task events reach the GCS within a second
+        spans = _ray_task_spans(c.address, "_analysis_task")
+    # On the 1-CPU head alone at most one clip runs; the in-flight limit followed the new
+    # node's CPUs, so clips ran side by side there.
+    assert len(spans) >= 6, spans
+    assert _most_at_once(spans) > 2, spans
+    assert shard_hashes(output) == shard_hashes(reference)
+    assert manifest_rows(output) == manifest_rows(reference)
