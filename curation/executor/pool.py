@@ -113,15 +113,22 @@ def _node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _warm_task(analysis, identity, verbose: bool, folder: bf.BuildFolder) -> tuple[float, float]:
+def _warm_task(analysis, identity, verbose: bool, folder: bf.BuildFolder
+               ) -> tuple[float, float, str]:
     """Start-up in a Ray worker: import the stages and load the analysis models, while the
-    driver still checks models and prepares the output folder; returns its span."""
+    driver still checks models and prepares the output folder; returns its span and where the
+    models run (`providers_label`)."""
     from curation.pipeline.analyze import load_models
 
     started = time.time()
     _quiet_worker(verbose, folder)
-    load_models(analysis, identity)
-    return started, time.time()
+    providers = load_models(analysis, identity)
+    return started, time.time(), providers_label(providers)
+
+
+def providers_label(providers: dict[str, str | None]) -> str:
+    """'detector CUDAExecutionProvider, embedder CPUExecutionProvider' (run.json, summary)."""
+    return ", ".join(f"{model} {where}" for model, where in sorted(providers.items()) if where)
 
 
 def warm_workers(config: BuildConfig, folder: bf.BuildFolder) -> list:
@@ -331,6 +338,7 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     placement: dict[str, collections.Counter] = {
         "analysis": collections.Counter(), "identity": collections.Counter(),
         "assembly": collections.Counter()}
+    providers: collections.Counter = collections.Counter()   # warm-up: where models run
     progress = _Progress(config.progress, identities_done, identities_total, len(queue),
                          shards_total - len(specs), shards_total)
     ordinal = {id(state): i for i, state in enumerate(identities)}
@@ -458,8 +466,9 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
         pool.poll()
         for ref in warm or []:
             try:
-                start, end = ray.get(ref, timeout=10)
+                start, end, where = ray.get(ref, timeout=10)
                 run.spans.append(("warm-up", start, end, True))
+                providers[where] += 1
             except (RayError, GetTimeoutError):
                 continue
         for described in pool.busy_spans():
@@ -473,6 +482,8 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     run.notes = list(pool.notes)
     run.cpus = _mean_cpus(cpu_samples, time.time())
     run.placement = {stage: dict(counts) for stage, counts in placement.items()}
+    # where SCRFD / ArcFace ran, per warmed-up worker: CUDA on GPU nodes, else the CPU
+    run.placement["analysis_providers"] = dict(providers)
     run.placement["quality"] = [d.get("node") for d in pool.described]
     return run
 

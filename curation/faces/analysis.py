@@ -48,6 +48,7 @@ from mfhq_faces.embedders import make_embedder
 from mfhq_faces.geometry import Box, face_size
 from mfhq_faces.landmarks import FaceMeshLandmarker, face_oval_indices
 from mfhq_faces.measure import measure_face
+from mfhq_faces.onnx_runtime import OnnxDevice
 
 CANDIDATE, REJECTED = Status.CANDIDATE, Status.REJECTED
 # Source-region side / detector box side: about 1.65 for both detectors (the template's eyes are
@@ -73,6 +74,8 @@ class AnalysisConfig:
     min_face_size: int = 320
     crop_size: int = 512              # aligned crop side S
     face_detector: str = DetectorKind.INSIGHTFACE   # DetectorKind
+    # where SCRFD and ArcFace run (OnnxDevice): CUDA where onnxruntime offers it, else the CPU
+    onnx_device: str = OnnxDevice.AUTO
     insightface_root: str | None = None   # holds models/buffalo_l/ (default: ~/.insightface)
     clip_time_limit_s: float = 300.0  # per-clip budget; exceeding -> Reason.VIDEO_TIMEOUT
     threads: int = 1                  # decoder and OpenCV threads (the Ray job runs one per CPU)
@@ -190,13 +193,20 @@ class FaceAnalyzer:
         self.config = config
         self.identity = identity
         cv2.setNumThreads(max(1, config.threads))
-        self.detector = make_detector(config.face_detector, config.insightface_dir())
+        self.detector = make_detector(config.face_detector, config.insightface_dir(),
+                                      device=config.onnx_device)
         # None: no embeddings (no identity config, or --identity-model none)
         self.embedder = (make_embedder(identity.model, config.insightface_dir(),
-                                       local_weights(identity.weights))   # a URL: fetched once
+                                       local_weights(identity.weights),   # a URL: fetched once
+                                       device=config.onnx_device)
                          if identity is not None else None)
         self.landmarker = FaceMeshLandmarker()
         self._oval = face_oval_indices()
+
+    def providers(self) -> dict[str, str | None]:
+        """Where this analyzer's models really run (`mfhq_faces.onnx_runtime.provider_of`)."""
+        return {"detector": getattr(self.detector, "provider", None),
+                "embedder": None if self.embedder is None else self.embedder.provider}
 
     def close(self) -> None:
         self.detector.close()

@@ -137,9 +137,10 @@ def _analyzer(analysis: AnalysisConfig, identity: IdentityConfig) -> FaceAnalyze
     return _ANALYZERS[key]
 
 
-def load_models(analysis: AnalysisConfig, identity: IdentityConfig) -> None:
-    """Load this process's analyzer now (otherwise the first clip loads it)."""
-    _analyzer(analysis, identity)
+def load_models(analysis: AnalysisConfig, identity: IdentityConfig) -> dict[str, str | None]:
+    """Load this process's analyzer now (otherwise the first clip loads it); returns where its
+    models run (`FaceAnalyzer.providers`: onnxruntime's CUDA or CPU provider, or mediapipe)."""
+    return _analyzer(analysis, identity).providers()
 
 
 def analyze_clip(analysis: AnalysisConfig, identity: IdentityConfig, folder: bf.BuildFolder,

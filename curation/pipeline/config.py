@@ -34,6 +34,7 @@ from curation.pipeline.selection import SelectionConfig
 from curation.sources import SOURCE_KINDS
 from mfhq_faces.detection import DetectorKind
 from mfhq_faces.embedders import IdentityModel
+from mfhq_faces.onnx_runtime import OnnxDevice
 
 SOURCE_KINDS_HELP = ", ".join(SOURCE_KINDS)
 
@@ -41,8 +42,11 @@ SOURCE_KINDS_HELP = ", ".join(SOURCE_KINDS)
 # --dry-run, --retry-failed and --verify-finished say what this run does to the folder, not what
 # the dataset is: a rerun with or without them is the same build.
 # --storage-options says how to reach the stores (and may hold credentials: see to_json).
+# analysis.onnx_device is where SCRFD / ArcFace run, like the quality actors' GPUs: run.json
+# records the provider each node used.
 RUNTIME_ONLY = frozenset({"output", "overwrite", "progress", "verbose", "ray", "storage_options",
-                          "quality.batch_size", "dry_run", "retry_failed", "verify_finished"})
+                          "quality.batch_size", "dry_run", "retry_failed", "verify_finished",
+                          "analysis.onnx_device"})
 
 
 @dataclass
@@ -105,6 +109,8 @@ class BuildConfig(BuildFolders):
             raise ValueError("--sample-fps must be > 0, --crop-size >= 16, --min-face-size >= 1")
         if self.quality.model not in set(QualityModel):
             raise ValueError(f"--quality-model must be one of {[m.value for m in QualityModel]}")
+        if a.onnx_device not in set(OnnxDevice):
+            raise ValueError(f"--onnx-device must be one of {[d.value for d in OnnxDevice]}")
         if a.face_detector not in set(DetectorKind):
             raise ValueError(f"--face-detector must be one of {[d.value for d in DetectorKind]}")
         if p.limit is not None and p.limit < 1:
@@ -343,6 +349,11 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
                         choices=[k.value for k in DetectorKind], default=a.face_detector.value,
                         help="insightface SCRFD (needs buffalo_l/det_10g.onnx) or mediapipe "
                              "(bundled, no download)")
+    models.add_argument("--onnx-device", dest="analysis.onnx_device",
+                        choices=[d.value for d in OnnxDevice], default=a.onnx_device,
+                        help="where SCRFD and ArcFace run: auto takes onnxruntime's CUDA "
+                             "provider where it has one (pip install '.[gpu]') and the CPU "
+                             "otherwise; cpu; cuda refuses to start without CUDA")
     models.add_argument("--insightface-root", dest="analysis.insightface_root", default=None,
                         metavar="DIR", help="insightface model root holding models/buffalo_l/ "
                                             "(default: ~/.insightface)")

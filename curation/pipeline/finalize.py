@@ -92,6 +92,10 @@ def format_summary(summary: BuildSummary) -> str:
         lines.append("  interrupted: rerun the same command to finish the remaining shards")
     lines.append(f"  time:       {summary.timings.get('total', 0.0):.1f} s "
                  f"(build {summary.timings.get('build', 0.0):.1f} s)")
+    where = summary.placement.get("analysis_providers") or {}
+    if where:
+        lines.append("  models:     " + "; ".join(f"{label or 'mediapipe only'} ({n} workers)"
+                                              for label, n in sorted(where.items())))
     lines.extend(timeline_lines(summary.timeline))
     lines.extend(f"  note: {n}" for n in summary.notes)
     return "\n".join(lines)
