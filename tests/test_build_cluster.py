@@ -104,19 +104,25 @@ def test_a_two_node_cluster_build_uses_both_nodes_and_equals_a_one_node_build(
     assert manifest_rows(output) == rows
 
 
+def _start_attached_build(corpus, output: Path, address: str, log_path: Path
+                          ) -> subprocess.Popen:
+    """`mfhq build` as its own process, attached to the cluster at `address`, its output in
+    `log_path`."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with open(log_path, "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "curation.build_mfhq", "--verbose",
+                                 *_args(corpus, output), "--ray-address", address],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 @pytest.mark.timeout(900)
 def test_a_worker_node_removed_mid_build_loses_nothing(small_corpus, one_node, tmp_path):
     # The driver attaches to a raylet of its own machine; on a one-machine cluster that could be
     # any node, so the worker node joins only after the driver is up (as in a real cluster,
     # where the driver runs on the head and workers come and go).
     with _head_only(num_cpus=1) as c:
-        output = tmp_path / "build"
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        log_path = tmp_path / "build.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "curation.build_mfhq", "--verbose",
-                                     *_args(small_corpus, output), "--ray-address", c.address],
-                                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        output, log_path = tmp_path / "build", tmp_path / "build.log"
+        proc = _start_attached_build(small_corpus, output, c.address, log_path)
         inflight = output / "manifests" / ".inflight"
 
         def clips_in_flight() -> int:
@@ -266,13 +272,8 @@ def test_a_node_that_joins_mid_build_gets_analysis_tasks_at_once(wide_corpus, tm
     # Ray's own timeline records task executions only with profiling on, in every node.
     monkeypatch.setenv("RAY_PROFILING", "1")
     with _head_only(num_cpus=1) as c:
-        output = tmp_path / "build"
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        log_path = tmp_path / "build.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "curation.build_mfhq", "--verbose",
-                                     *_args(wide_corpus, output), "--ray-address", c.address],
-                                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        output, log_path = tmp_path / "build", tmp_path / "build.log"
+        proc = _start_attached_build(wide_corpus, output, c.address, log_path)
         inflight = output / "manifests" / ".inflight"
         deadline = time.monotonic() + 300
         while not (inflight.is_dir() and any(inflight.glob("*.json"))):   # the first clip runs
