@@ -23,7 +23,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(PY) -m ruff check curation training mfhq mfhq_contract tests bench scripts
+	$(PY) -m ruff check curation training mfhq mfhq_contract mfhq_faces tests bench scripts
 
 clean-demo:
 	rm -rf $(DEMO)
