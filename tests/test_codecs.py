@@ -48,16 +48,25 @@ def encode(path: Path, frames: list[np.ndarray], codec: str, fmt: str | None = N
                       "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8"}}.get(codec, {})
     if times_ms is not None:
         stream.codec_context.time_base = Fraction(1, 1000)
-    for i, rgb in enumerate(frames):
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        if times_ms is not None:
-            frame.pts, frame.time_base = times_ms[i], Fraction(1, 1000)
+    def video_frames():
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if times_ms is not None:
+                frame.pts, frame.time_base = times_ms[i], Fraction(1, 1000)
+            yield frame
+
+    mux_all(container, stream, video_frames())
+    return path
+
+
+def mux_all(container, stream, frames) -> None:
+    """Encode every frame into `stream`, flush the encoder, close the container."""
+    for frame in frames:
         for packet in stream.encode(frame):
             container.mux(packet)
     for packet in stream.encode():
         container.mux(packet)
     container.close()
-    return path
 
 
 def has_encoder(name: str) -> bool:
@@ -163,15 +172,14 @@ def audio_only(tmp_path: Path) -> Path:
     container = av.open(str(path), "w")
     stream = container.add_stream("aac", rate=16000)
     tone = np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440).astype(np.float32)[None]
-    for i in range(0, 16000 - 1024, 1024):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, i:i + 1024]),
-                                           format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = 16000, i
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+    def audio_frames():
+        for i in range(0, 16000 - 1024, 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, i:i + 1024]),
+                                               format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i
+            yield frame
+
+    mux_all(container, stream, audio_frames())
     return path
 
 

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import av
 import pytest
-from test_codecs import audio_only, damaged_index, has_encoder, truncated_av1, unknown_codec
+from test_codecs import (
+    audio_only,
+    damaged_index,
+    has_encoder,
+    mux_all,
+    truncated_av1,
+    unknown_codec,
+)
 
 from curation.build_folder import read_manifest
 from curation.records import Reason
@@ -39,17 +46,18 @@ def transcode(source: Path, target: Path, encoder: str, fmt: str | None = None,
         tick = Fraction(1, 1000)
         if variable_rate:
             stream.codec_context.time_base = tick
-        time_ms = 0.0
-        for i, frame in enumerate(reader.decode(stream_in)):
-            out = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
-            if variable_rate:
-                out.pts, out.time_base = round(time_ms), tick
-                time_ms += 1000 / float(rate) * (0.6 if i % 2 else 1.4)
-            for packet in stream.encode(out):
-                writer.mux(packet)
-        for packet in stream.encode():
-            writer.mux(packet)
-        writer.close()
+
+        def frames():
+            time_ms = 0.0
+            for i, frame in enumerate(reader.decode(stream_in)):
+                out = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"),
+                                                 format="rgb24")
+                if variable_rate:
+                    out.pts, out.time_base = round(time_ms), tick
+                    time_ms += 1000 / float(rate) * (0.6 if i % 2 else 1.4)
+                yield out
+
+        mux_all(writer, stream, frames())
     return target
 
 
