@@ -143,15 +143,21 @@ def sheet_html(sheet: ContactSheet) -> str:
     figures = []
     for im in sheet.images:
         c = im.caption
-        figures.append(
-            f'<figure><img alt="{esc(sheet.identity_id)} crop {im.index}" '
-            f'width="{im.width}" src="{data_uri(im.jpeg, "image/jpeg")}"><figcaption>'
+        figures.append(_figure(
+            f"{sheet.identity_id} crop {im.index}", im,
             f"#{im.index} yaw {_deg(c.get('yaw'))} pitch {_deg(c.get('pitch'))} "
             f"roll {_deg(c.get('roll'))}<br>q {esc(_fmt(round_or_none(c.get('quality'), 3)))} "
             f"({esc(c.get('quality_model'))})<br>{esc(c.get('source'))} "
-            f"{esc(c.get('clip_id'))}</figcaption></figure>")
+            f"{esc(c.get('clip_id'))}"))
     note = f'<p class="note">{esc(sheet.note)}</p>' if sheet.note else ""
     return f'<div class="sheet">{head}{note}<div class="crops">{"".join(figures)}</div></div>'
+
+
+def _figure(alt: str, image, caption_html: str) -> str:
+    """One thumbnail with its caption (`caption_html` is escaped already)."""
+    return (f'<figure><img alt="{esc(alt)}" width="{image.width}" '
+            f'src="{data_uri(image.jpeg, "image/jpeg")}"><figcaption>{caption_html}'
+            "</figcaption></figure>")
 
 
 def mismatch_html(sheet: MismatchSheet) -> str:
@@ -159,11 +165,10 @@ def mismatch_html(sheet: MismatchSheet) -> str:
     figures = []
     for im in sheet.rejected:
         c = im.caption
-        figures.append(
-            f'<figure><img alt="{esc(sheet.kept.identity_id)} rejected face {im.index}" '
-            f'width="{im.width}" src="{data_uri(im.jpeg, "image/jpeg")}"><figcaption>'
+        figures.append(_figure(
+            f"{sheet.kept.identity_id} rejected face {im.index}", im,
             f"{esc(c.get('source'))} {esc(c.get('clip_id'))} frame {esc(c.get('frame_index'))}"
-            f"<br>distance {esc(_fmt(c.get('identity_distance')))}</figcaption></figure>")
+            f"<br>distance {esc(_fmt(c.get('identity_distance')))}"))
     note = f'<p class="note">{esc(sheet.note)}</p>' if sheet.note else ""
     return (f"{sheet_html(sheet.kept)}<div class=sheet><b>rejected as identity_mismatch</b> "
             f'(cut from the source videos){note}<div class="crops">{"".join(figures)}</div>'
