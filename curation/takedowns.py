@@ -2,7 +2,10 @@
 
 The list (`--takedown FILE`, and the FILE of `mfhq takedown`) holds ids one per line ('#'
 comments): identity ids (`yt:<id>`, `vfhq:<video>:P<n>`, `folder:<name>`), source video ids
-(YouTube ids), clip ids or `SOURCE:CLIP_ID`.
+(YouTube ids), clip ids or `SOURCE:CLIP_ID`. It is UTF-8 text (a byte-order mark and Windows
+line ends are fine); a list that does not exist, cannot be read (a folder, no permission, a
+store that refuses it) or is not UTF-8 text is one `TakedownListError` (a SetupError: one
+message naming the list, exit 2), never a partly read list.
 
 The record, `manifests/takedowns.parquet`, keeps no id: each removed id is stored as
 sha256(salt + id), with what kind of id it was, the reason, the date and the shard rewritten.
@@ -28,29 +31,68 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.build_folder import write_parquet_atomic
-from curation.errors import BuildFolderError
+from curation.errors import BuildFolderError, SetupError
 from curation.records import ClipRecord, Reason, Status
 
 # --- the list ----------------------------------------------------------------------------------
 
+class TakedownListError(SetupError):
+    """The takedown list cannot be used (missing, unreadable, not text); the message names it
+    and says what to fix. A build never starts without the list it was given: leaving it out
+    would put listed ids into the shards."""
+
+
 def read_takedown(path: str | Path | None) -> set[str]:
     """Ids listed in a takedown file (a path or a store URL): one per line, blank lines and
-    '#' comments ignored."""
+    '#' comments ignored. Raises `TakedownListError` (a SetupError: one message, exit 2) for a
+    list that does not exist, cannot be read, or is not UTF-8 text."""
     if not path:
         return set()
-    from curation import storage
-
-    if storage.is_url(str(path)):
-        with storage.open_binary(str(path)) as handle:
-            text = handle.read().decode("utf-8", errors="replace")
-    else:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    text = _takedown_text(str(path))
     ids = set()
     for line in text.splitlines():
         entry = line.split("#", 1)[0].strip()
         if entry:
             ids.add(entry)
     return ids
+
+
+def _takedown_text(location: str) -> str:
+    from curation import storage
+
+    fix = "pass the file that lists the ids to leave out (--takedown FILE|URL)"
+    try:
+        if storage.is_url(location):
+            with storage.open_binary(location) as handle:
+                data = handle.read()
+        else:
+            data = storage.local_path(location).read_bytes()
+    except FileNotFoundError as error:
+        raise TakedownListError(f"takedown list {location} does not exist; {fix}") from error
+    except IsADirectoryError as error:
+        raise TakedownListError(f"takedown list {location} is a folder, not a file; "
+                                f"{fix}") from error
+    except PermissionError as error:
+        raise TakedownListError(f"takedown list {location} cannot be read: permission "
+                                f"refused ({error}); give this user read access") from error
+    except Exception as error:  # noqa: BLE001 - a store or disk failure, said once
+        raise TakedownListError(f"takedown list {location} could not be read "
+                                f"({type(error).__name__}: {error})"[:600]
+                                + "; check the path, or the store's credentials and "
+                                  "endpoint") from error
+    # Strict decoding: a byte replaced by U+FFFD would silently make its id match nothing.
+    # A UTF-8 byte-order mark is taken off for the same reason (it would join the first id).
+    if b"\0" in data:
+        line = data[:data.index(b"\0")].count(b"\n") + 1
+        raise TakedownListError(f"takedown list {location} holds a NUL byte on line {line}: "
+                                f"it is not a text file; {fix}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise TakedownListError(f"takedown list {location}: line {line} is not UTF-8 text "
+                                f"({error.reason} at byte {error.start}); save the list as "
+                                f"UTF-8, one id per line") from error
 
 
 def listable_ids(source: str | None, clip_id: str | None, original_clip_id: str | None,
