@@ -33,12 +33,14 @@ from curation.audit.report_sheets import (
     load_mismatch_sheets,
 )
 from curation.errors import SetupError
+from mfhq_contract.storage import is_url
 
 __all__ = ["ReportConfig", "choose_identities", "main", "write_report"]
 
 
 def write_report(config: ReportConfig) -> Path:
     """Read the build, write the HTML report, return its path."""
+    bf.sync_down(config.manifests_dir)        # an output on a store: its manifests, mirrored
     tables = read_build(config)
     counts = compute_counts(tables)
     sheets = load_contact_sheets(config, tables.identities)
@@ -54,10 +56,12 @@ def build_parser(prog: str = "mfhq report") -> argparse.ArgumentParser:
         prog=prog,
         description="Write a self-contained HTML audit report of an MFHQ build.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output", required=True, type=Path,
-                        help="the build's --output folder (holds manifests/ and shards/)")
+    parser.add_argument("--output", required=True, metavar="DIR|URL",
+                        help="the build's --output folder (holds manifests/ and shards/), or "
+                             "its store URL (s3://bucket/mfhq)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="HTML file to write (default: OUTPUT/report.html)")
+                        help="HTML file to write (default: OUTPUT/report.html; ./report.html "
+                             "for a build on a store)")
     parser.add_argument("--identities", type=int, default=6,
                         help="kept identities sampled for contact sheets")
     parser.add_argument("--identity", action="append", default=[], metavar="ID",
@@ -73,7 +77,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "mfhq report") -> Repo
     ns = build_parser(prog).parse_args(argv)
     if ns.identities < 0 or ns.thumb_size < 16:
         build_parser(prog).error("--identities must be >= 0 and --thumb-size >= 16")
-    return ReportConfig(output=ns.output.resolve(), out=ns.out, identities=ns.identities,
+    output = ns.output if is_url(ns.output) else Path(ns.output).resolve()
+    return ReportConfig(output=output, out=ns.out, identities=ns.identities,
                         identity=list(ns.identity), seed=ns.seed, thumb_size=ns.thumb_size,
                         progress=ns.progress)
 

@@ -26,8 +26,8 @@ FACE_COLUMNS = ["identity_id", "source", "clip_id", "face_size", "yaw", "pitch",
 
 
 @dataclass
-class ReportConfig:
-    output: Path                          # the build's --output folder
+class ReportConfig(bf.BuildFolders):
+    output: str | Path                    # the build's --output folder or store URL
     out: Path | None = None               # the HTML file (default: <output>/report.html)
     identities: int = 6                   # identities sampled for contact sheets
     identity: list[str] = field(default_factory=list)   # identities always shown
@@ -36,16 +36,11 @@ class ReportConfig:
     progress: bool = True
 
     @property
-    def manifests_dir(self) -> Path:
-        return self.output / "manifests"
-
-    @property
-    def shards_dir(self) -> Path:
-        return self.output / "shards"
-
-    @property
     def report_path(self) -> Path:
-        return self.out if self.out is not None else self.output / "report.html"
+        if self.out is not None:
+            return self.out
+        # a build on a store: the report is written here, not into the node's mirror
+        return Path("report.html") if self.on_store else self.output_root / "report.html"
 
 
 @dataclass

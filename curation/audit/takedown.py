@@ -158,8 +158,7 @@ def apply_takedown(config: TakedownConfig) -> TakedownResult:
 
 def _apply_takedown(config: TakedownConfig, listed: set[str]) -> TakedownResult:
     result = TakedownResult()
-    shards = sorted({str(p.relative_to(config.shards_dir))
-                     for p in config.shards_dir.glob("*/mfhq-*.tar")})
+    shards = bf.list_tars(config.shards_dir)          # files, or a store's objects
     for part in sorted((config.manifests_dir / "identities").glob("part-*.parquet")):
         shard = bf.shard_of_part(part)
         if shard and shard not in shards:
@@ -190,8 +189,9 @@ def build_parser(prog: str = "mfhq takedown") -> argparse.ArgumentParser:
                     "The removal is recorded in manifests/takedowns.parquet as salted sha256 "
                     "hashes (no id is kept). Run mfhq verify afterwards.")
     p.add_argument("file", metavar="FILE", help="text file of ids, one per line ('#' comments)")
-    p.add_argument("--output", default=None, metavar="DIR",
-                   help="the build's output folder (default: ./shards and ./manifests)")
+    p.add_argument("--output", default=None, metavar="DIR|URL",
+                   help="the build's output folder (default: ./shards and ./manifests), or its "
+                        "store URL (s3://bucket/mfhq)")
     p.add_argument("--reason", default=DEFAULT_REASON, metavar="TEXT",
                    help="reason recorded with each removal")
     return p

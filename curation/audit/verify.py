@@ -129,18 +129,19 @@ def _check_shard_files(config: VerifyConfig, shards, plan: dict, problems: Probl
     planned = {s["name"] for s in plan.get("plan", {}).get("shards", [])}
     for name in sorted(planned - listed):
         problems.add(config.shards_dir / name, "planned but not in shards.parquet")
-    on_disk = {str(p.relative_to(config.shards_dir)) for p in config.shards_dir.glob("*/*.tar")}
+    on_disk = set(bf.list_tars(config.shards_dir))       # files, or a store's objects
     for name in sorted(on_disk - listed):
         problems.add(config.shards_dir / name, "shard file not listed in shards.parquet")
     if shards is None:
         return
     for row in shards.itertuples(index=False):
         tar = config.shards_dir / row.path
-        if not tar.exists():
+        tar_bytes = bf.size(tar)
+        if tar_bytes is None:
             problems.add(tar, "listed in shards.parquet but missing")
             continue
-        if tar.stat().st_size != row.bytes:
-            problems.add(tar, f"{tar.stat().st_size} bytes, shards.parquet says {row.bytes}")
+        if tar_bytes != row.bytes:
+            problems.add(tar, f"{tar_bytes} bytes, shards.parquet says {row.bytes}")
         actual = file_sha256(tar)
         if actual != row.sha256:
             problems.add(tar, f"sha256 {actual[:16]}... does not match shards.parquet "
@@ -419,8 +420,7 @@ def verify_build(config: VerifyConfig) -> list[str]:
     """All problems of the build in `config.output` (empty list: clean)."""
     from tqdm import tqdm
 
-    root = Path(config.output) if config.output else Path(".")
-    problems = Problems(root)
+    problems = Problems(config.output_root)
     mdir = config.manifests_dir
     plan = _read_plan(mdir, problems)
     shards = _read_shard_table(mdir, problems)
@@ -435,7 +435,7 @@ def verify_build(config: VerifyConfig) -> list[str]:
     for row in tqdm(rows, desc="verify", unit="shard", disable=not config.progress,
                     file=sys.stderr):
         tar = config.shards_dir / row.path
-        if not tar.exists():
+        if not bf.exists(tar):
             continue
         samples = _read_tar(tar, problems)
         if samples is None:
@@ -462,9 +462,10 @@ def build_parser(prog: str = "mfhq verify") -> argparse.ArgumentParser:
                     "manifest rows, no source video in both splits, no removed id left. Prints "
                     "one line per problem; exit status 0 when clean, 1 with problems, 2 when "
                     "there is no build.")
-    p.add_argument("--output", default=None, metavar="DIR",
+    p.add_argument("--output", default=None, metavar="DIR|URL",
                    help="the build's output folder (DIR/shards, DIR/manifests; default: "
-                        "./shards and ./manifests, as build_mfhq.py writes them)")
+                        "./shards and ./manifests, as build_mfhq.py writes them), or its store "
+                        "URL (s3://bucket/mfhq: shards are read from the store)")
     p.add_argument("--no-images", dest="images", action="store_false",
                    help="skip decoding the crops and masks (faster; files are still hashed)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
@@ -474,9 +475,15 @@ def build_parser(prog: str = "mfhq verify") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "mfhq verify") -> int:
     config = VerifyConfig(**vars(build_parser(prog).parse_args(argv)))
+    try:
+        bf.sync_down(config.manifests_dir)    # an output on a store: its manifests, mirrored
+    except Exception as err:  # noqa: BLE001 - the store's own error, said in one line
+        print(f"verify: cannot read {config.output}: {_first_line(err)}", file=sys.stderr)
+        return EXIT_NO_BUILD
     if not config.manifests_dir.is_dir():
-        print(f"verify: no manifests folder at {config.manifests_dir}: pass the build's "
-              "--output folder", file=sys.stderr)
+        shown = bf.store_url(config.manifests_dir) or config.manifests_dir
+        print(f"verify: no manifests folder at {shown}: pass the build's --output folder or "
+              "URL", file=sys.stderr)
         return EXIT_NO_BUILD
     problems = verify_build(config)
     for line in problems:

@@ -8,6 +8,7 @@ package (imported as `from curation import build_folder as bf`), whose rooms are
     lock     one build per output: a lock with a lease and a heartbeat
     tables   manifest parts and whole manifests, the shards table, outcome counts
     tars     shard tars read as bytes
+    store    an output on a store (`s3://...`): the local mirror, publishing, listing
 """
 
 from curation.build_folder.files import (
@@ -34,6 +35,16 @@ from curation.build_folder.layout import (
     shard_of_part,
 )
 from curation.build_folder.lock import BuildLock, LockLost, OutputLocked
+from curation.build_folder.store import (
+    exists,
+    list_tars,
+    mirror_root,
+    publish,
+    remove,
+    size,
+    store_url,
+    sync_down,
+)
 from curation.build_folder.tables import (
     count_outcomes,
     iter_manifest_batches,
@@ -54,4 +65,6 @@ __all__ = [
     "read_json", "read_manifest", "read_manifest_table", "read_part", "read_samples",
     "remove_stale_temporaries", "require_manifests", "shard_of_part", "staged_path",
     "write_parquet_atomic", "write_shard_parts", "write_shards_table",
+    "exists", "list_tars", "mirror_root", "publish", "remove", "size", "store_url",
+    "sync_down",
 ]

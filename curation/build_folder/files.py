@@ -3,6 +3,7 @@
 Writers go through `atomic_write`/`write_parquet_atomic`: a hidden temporary file in the target
 folder, fsynced, renamed into place, the folder fsynced; readers skip hidden files, so no reader
 ever sees a partial file. A writer that fails (a full disk) removes its temporary and raises.
+For an output on a store the file is then uploaded whole to its object (`store.publish`).
 
 `is_output_full(err)` tells the errors of an output that refuses writes (no space, quota,
 file too large, read-only) from every other error, also through the wrappers Ray puts around
@@ -20,6 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from curation.build_folder.store import open_binary, publish
 
 
 def _temporary(path: Path) -> Path:
@@ -56,6 +59,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         tmp.unlink(missing_ok=True)     # a half-written temporary only takes space
         raise
     fsync_dir(path.parent)
+    publish(path)       # an output on a store: the object, written whole
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -75,6 +79,7 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    publish(path)
 
 
 # The output refuses writes: no space, over quota, a file too large, a read-only filesystem.
@@ -117,9 +122,10 @@ def remove_stale_temporaries(folder: Path) -> int:
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """The sha256 of a file's bytes, read in chunks (the one hash of the project's files)."""
+    """The sha256 of a file's bytes, read in chunks (the one hash of the project's files); a
+    file of an output on a store is read from its object."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()

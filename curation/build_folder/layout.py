@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curation import manifests
+from curation.build_folder.store import mirror_root
 from curation.errors import BuildFolderError
-from mfhq_contract import SPLITS, shard_name
+from mfhq_contract import SPLITS, shard_name, storage
+from mfhq_contract.storage import is_url
 
 PLAN_FILE = "plan.json"
 RUN_FILE = "run.json"
@@ -29,21 +31,35 @@ LOGS_DIR = "logs"
 class BuildFolders:
     """The folders of a build named by `output`: OUTPUT/shards, OUTPUT/manifests, OUTPUT/logs,
     or ./shards, ./manifests, ./logs when `output` is empty. A mixin of every config that works
-    on a build folder (build, verify, report, takedown)."""
+    on a build folder (build, verify, report, takedown).
+
+    An `output` that is a store URL (`s3://bucket/mfhq`) names the same folders in this node's
+    mirror of it (`store.mirror_root`), whose files are published to the store."""
 
     output: str | None
 
     @property
+    def output_root(self) -> Path:
+        """The local folder holding shards/, manifests/ and logs/ (for a store: its mirror)."""
+        if self.output and is_url(self.output):
+            return mirror_root(self.output)
+        return storage.local_path(self.output) if self.output else Path(".")
+
+    @property
+    def on_store(self) -> bool:
+        return bool(self.output) and is_url(self.output)
+
+    @property
     def shards_dir(self) -> Path:
-        return Path(self.output) / "shards" if self.output else Path("shards")
+        return self.output_root / "shards" if self.output else Path("shards")
 
     @property
     def manifests_dir(self) -> Path:
-        return Path(self.output) / "manifests" if self.output else Path("manifests")
+        return self.output_root / "manifests" if self.output else Path("manifests")
 
     @property
     def logs_dir(self) -> Path:
-        return Path(self.output) / LOGS_DIR if self.output else Path(LOGS_DIR)
+        return self.output_root / LOGS_DIR if self.output else Path(LOGS_DIR)
 
 
 @dataclass(frozen=True)
@@ -54,7 +70,9 @@ class BuildFolder(BuildFolders):
 
     @classmethod
     def of(cls, folders: BuildFolders) -> BuildFolder:
-        return cls(str(Path(folders.output or ".").resolve()))
+        if folders.on_store:
+            return cls(str(folders.output).rstrip("/"))
+        return cls(str(folders.output_root.resolve()))
 
     @property
     def plan_path(self) -> Path:
@@ -93,7 +111,11 @@ def shard_of_part(part: Path) -> str | None:
 
 
 def require_manifests(folders: BuildFolders) -> Path:
-    """The manifests folder of a finished build, or BuildFolderError saying what to pass."""
+    """The manifests folder of a finished build, or BuildFolderError saying what to pass.
+    For an output on a store, its manifests are brought into the mirror first."""
+    from curation.build_folder.store import sync_down
+
+    sync_down(folders.manifests_dir)
     if not folders.manifests_dir.is_dir():
         raise BuildFolderError(
             f"no manifests folder at {folders.manifests_dir}: pass the build's --output folder "

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from curation import manifests
 from curation.build_folder.files import staged_path, write_parquet_atomic
 from curation.build_folder.layout import SHARDS_TABLE, BuildFolder
+from curation.build_folder.store import size
 from curation.records import Status
 
 
@@ -84,14 +85,14 @@ def write_shards_table(folder: BuildFolder, names: list[str]) -> list[dict]:
     resumes and takedowns): path, split, kept samples, bytes, the sha256 its parts record."""
     rows = []
     for name in names:
-        tar = folder.tar_path(name)
+        tar_bytes = size(folder.tar_path(name))
         part = folder.part_paths(name)["identities"]
-        if not tar.exists() or not part.exists():
+        if tar_bytes is None or not part.exists():
             continue
         statuses = pq.read_table(part, columns=["status"]).column(0).to_pylist()
         rows.append({"path": name, "split": name.split("/", 1)[0],
                      "samples": sum(s == Status.KEPT for s in statuses),
-                     "bytes": tar.stat().st_size,
+                     "bytes": tar_bytes,
                      "sha256": manifests.part_shard_sha256(part)})
     write_parquet_atomic(manifests.to_table("shards", rows), folder.shards_table_path)
     return rows

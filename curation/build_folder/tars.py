@@ -1,4 +1,5 @@
-"""Reading shard tars as bytes (never extracted, never unpickled)."""
+"""Reading shard tars as bytes (never extracted, never unpickled); a tar of an output on a
+store is read from its object in ranges."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from curation.build_folder.store import exists, open_binary
 
 
 @dataclass
@@ -31,7 +34,7 @@ def iter_tar(tar: Path, wanted: Callable[[str], bool] | None = None,
     """The members of a shard tar in order, bytes read only for plain files that `wanted`
     accepts (others come with data None). Raises tarfile.TarError / OSError on a broken tar and
     ValueError for a member over `max_member_bytes`."""
-    with tarfile.open(tar, mode="r:") as archive:
+    with open_binary(tar) as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
         for info in archive:
             data = None
             if info.isreg() and (wanted is None or wanted(info.name)):
@@ -45,7 +48,7 @@ def iter_tar(tar: Path, wanted: Callable[[str], bool] | None = None,
 def read_samples(tar: Path, keys: set[str] | None = None) -> dict[str, list[tuple[str, bytes]]]:
     """{key: [(ext, bytes), ...]} in tar order for the wanted keys (all when None)."""
     samples: dict[str, list[tuple[str, bytes]]] = {}
-    if not tar.exists():
+    if not exists(tar):
         return samples
     for member in iter_tar(tar, None if keys is None else
                            (lambda name: name.partition(".")[0] in keys)):
@@ -55,6 +58,6 @@ def read_samples(tar: Path, keys: set[str] | None = None) -> dict[str, list[tupl
 
 
 def count_samples(tar: Path) -> int:
-    if not tar.exists():
+    if not exists(tar):
         return 0
     return len({m.key for m in iter_tar(tar, wanted=lambda _name: False)})

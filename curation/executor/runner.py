@@ -64,6 +64,8 @@ def run_build(config: BuildConfig) -> BuildSummary:
     folder = bf.BuildFolder.of(config)
     lock = bf.BuildLock.acquire(folder.manifests_dir, output_name(config))
     try:
+        # An output on a store: its manifests into this node's mirror, under the lock.
+        bf.sync_down(folder.manifests_dir)
         summary = _run_build_locked(config)
         lock.check()
         # Clips whose work file the full disk refused were recorded as failed and their shard
@@ -154,6 +156,8 @@ def _run_build_locked(config: BuildConfig) -> BuildSummary:
         timings["startup"] = timeline["startup_s"]
         _write_spans(folder, pipeline.spans, started_at)
 
+    # Parts that workers on other nodes published to the store, into this node's mirror.
+    bf.sync_down(folder.manifests_dir)
     duplicates = None
     if not interrupted:   # identity check across identities (issue 13): after every shard
         duplicates = resolve_duplicates(folder, config)
@@ -164,7 +168,7 @@ def _run_build_locked(config: BuildConfig) -> BuildSummary:
     timings["finalize"] = time.monotonic() - t
     timings["total"] = time.monotonic() - t0
     summary = BuildSummary(
-        shards_dir=str(config.shards_dir), manifests_dir=str(config.manifests_dir),
+        shards_dir=shown(config.shards_dir), manifests_dir=shown(config.manifests_dir),
         config_hash=config.config_hash(), shards_total=len(plan.shards),
         shards_built=len(pipeline.results), shards_skipped=skipped,
         shards_failed=pipeline.failures, counts=counts,
@@ -271,9 +275,11 @@ def dry_run(config: BuildConfig) -> list[str]:
     """What a run with `config` would do to its output folder, as lines; writes nothing."""
     config.validate()
     folder = bf.BuildFolder.of(config)
+    bf.sync_down(folder.manifests_dir)     # a store's manifests into the mirror; no object
     decided = plan_run(config, folder)
     plan, increment = decided.plan, decided.increment
-    lines = [f"dry run: {config.shards_dir}, {config.manifests_dir} (nothing is written)"]
+    lines = [f"dry run: {shown(config.shards_dir)}, {shown(config.manifests_dir)} "
+             "(nothing is written)"]
     if decided.clear:
         lines.append("--overwrite: the existing build would be deleted")
     if increment is None:
@@ -288,6 +294,11 @@ def dry_run(config: BuildConfig) -> list[str]:
     lines += [f"  build    {s.name} ({len(s.identities)} identities)" for s in check.todo]
     lines += [f"  rewrite  {r.shard}" for r in check.rewrites]
     return lines
+
+
+def shown(path) -> str:
+    """A build folder as messages name it: its URL on a store, else the path."""
+    return bf.store_url(path) or str(path)
 
 
 EXIT_OK, EXIT_SHARDS_FAILED, EXIT_USAGE, EXIT_OUTPUT_FULL, EXIT_INTERNAL_ERRORS = 0, 1, 2, 3, 4

@@ -7,8 +7,12 @@ pose, aligned crop + mask, sharpness; models loaded once per worker process) and
 result to `OUTPUT/work/<shard part>/<clip hash>.tar`: `meta.json` (the ClipAnalysis and every
 candidate's fields, `WORK_FORMAT`) and, per usable candidate, its crop as raw RGB bytes
 (`c<i>.rgb`, S x S x 3) and its mask as packed bits (`m<i>.bits`, the mask is 0/255 only).
-Crops travel between stages as these files (on the shared filesystem), never through the
-driver; the driver receives the small ClipOutcome only.
+Crops travel between stages as these files (on the shared filesystem, or as objects of an
+output on a store: uploaded whole, read in ranges by the identity stage on any node; see
+`curation.build_folder.store`), never through the driver; the driver receives the small
+ClipOutcome only. Why the store rather than Ray's object store when the output is a store:
+a work file outlives a killed driver, so a resumed build analyses only the clips that have
+none, exactly as on a disk.
 
 Why raw pixels: most faces of a clip are never used (selection scores about 3 per pose cluster
 and keeps 8 per identity), so the work file must cost next to nothing to write. Measured on
@@ -70,7 +74,7 @@ def _clip_hash(clip: ClipRecord) -> str:
 def work_dir(folder: bf.BuildFolder, shard: str) -> Path:
     from curation import manifests
 
-    return Path(folder.output or ".") / WORK_DIR / manifests.part_name(shard).removesuffix(
+    return folder.output_root / WORK_DIR / manifests.part_name(shard).removesuffix(
         ".parquet")
 
 
@@ -148,11 +152,11 @@ def analyze_clip(analysis: AnalysisConfig, identity: IdentityConfig, folder: bf.
     """Analyse one clip into its work file (reused when it exists and has this version's
     format); never raises. `analysis` and `identity` are the build's sections of those names."""
     path = work_path(folder, shard, clip)
-    if path.exists():
+    if bf.exists(path):
         try:
             return read_outcome(path)
         except Exception:  # noqa: BLE001 - an unreadable cache entry is simply redone
-            path.unlink(missing_ok=True)
+            bf.remove(path)
     marker = inflight_marker(folder, clip)
     bf.atomic_write(marker, json.dumps({"shard": shard, "clip": clip_key(clip),
                                         "pid": os.getpid(), "started": time.time()}))

@@ -237,10 +237,12 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
                          f"A folder, or a store prefix such as s3://bucket/celebvhq (any fsspec "
                          f"URL; credentials from the store's standard configuration, for S3 "
                          f"the AWS_* environment and AWS_ENDPOINT_URL)")
-    io.add_argument("--output", default=None, metavar="DIR",
+    io.add_argument("--output", default=None, metavar="DIR|URL",
                     help="write shards to DIR/shards, manifests to DIR/manifests and "
                          "third-party log output to DIR/logs (default: ./shards, ./manifests, "
-                         "./logs)")
+                         "./logs). A store prefix such as s3://bucket/mfhq works alike with no "
+                         "shared filesystem: each node keeps a mirror of it under "
+                         "$MFHQ_SCRATCH (or the temporary folder), logs stay there")
     io.add_argument("--storage-options", dest="storage_options", default=None,
                     metavar="JSON",
                     help="fsspec storage options for every URL the build reads, as a JSON "

@@ -98,22 +98,25 @@ def prepare_output(config: BuildConfig, folder: bf.BuildFolder, decided: OutputP
 def remove_temporaries(folder: bf.BuildFolder) -> int:
     """Delete the hidden temporaries of writers that did not finish (killed, or refused by a
     full disk) in every folder a build writes: shards, manifest parts, work files, logs.
-    Only while this process holds the output's lock, so no live writer owns one."""
+    Only while this process holds the output's lock, so no live writer owns one. (A store has
+    no temporaries: an object is written whole or not at all.)"""
     from curation.pipeline.analyze import WORK_DIR
 
     mdir, sdir = folder.manifests_dir, folder.shards_dir
     folders = [sdir / split for split in SPLITS] + [mdir / table for table in manifests.TABLES]
     folders += [mdir, folder.logs_dir]
-    work = Path(folder.output or ".") / WORK_DIR
+    work = folder.output_root / WORK_DIR
     if work.is_dir():
         folders += [p for p in work.iterdir() if p.is_dir()]
     return sum(bf.remove_stale_temporaries(f) for f in folders)
 
 
 def output_name(config: BuildConfig) -> str:
-    """The output as messages name it: the --output folder, or where ./shards and ./manifests
-    are."""
-    return str(Path(config.output).resolve() if config.output else Path.cwd())
+    """The output as messages name it: the --output folder or URL, or where ./shards and
+    ./manifests are."""
+    if config.on_store:
+        return str(config.output).rstrip("/")
+    return str(config.output_root.resolve() if config.output else Path.cwd())
 
 
 def output_full_message(config: BuildConfig, err: BaseException | str) -> str:
@@ -135,7 +138,7 @@ def output_full_message(config: BuildConfig, err: BaseException | str) -> str:
 
 def _has_build_outputs(folder: bf.BuildFolder) -> bool:
     sdir, mdir = folder.shards_dir, folder.manifests_dir
-    return (any(sdir.glob("*/mfhq-*.tar")) or any(mdir.glob("*/part-*.parquet"))
+    return (bool(bf.list_tars(sdir)) or any(mdir.glob("*/part-*.parquet"))
             or folder.shards_table_path.exists())
 
 
@@ -144,12 +147,12 @@ def clear_outputs(folder: bf.BuildFolder) -> None:
     for split in SPLITS:
         for path in (folder.shards_dir / split).glob("*mfhq-*.tar*"):
             path.unlink()
+    for name in bf.list_tars(folder.shards_dir):
+        bf.remove(folder.tar_path(name))
     for table in manifests.TABLES:
-        part_folder = folder.manifests_dir / table
-        if part_folder.is_dir():
-            shutil.rmtree(part_folder)
+        bf.remove(folder.manifests_dir / table, recursive=True)
     for path in (folder.shards_table_path, folder.run_path, folder.plan_path):
-        path.unlink(missing_ok=True)
+        bf.remove(path)
 
 
 class ShardState(enum.Enum):
@@ -165,7 +168,10 @@ def shard_state(folder: bf.BuildFolder, spec: ShardSpec, *, full_hash: bool = Fa
     tar's size (its bytes are read only with `full_hash`, or for parts that record no size)."""
     tar = folder.tar_path(spec.name)
     parts = folder.part_paths(spec.name)
-    if not tar.exists() or not all(p.exists() for p in parts.values()):
+    if not all(p.exists() for p in parts.values()):
+        return ShardState.UNFINISHED
+    tar_bytes = bf.size(tar)         # a HEAD of its object on a store
+    if tar_bytes is None:
         return ShardState.UNFINISHED
     try:
         ids = bf.read_part(parts["identities"], "identities",
@@ -183,7 +189,7 @@ def shard_state(folder: bf.BuildFolder, spec: ShardSpec, *, full_hash: bool = Fa
     # The states a killed rewrite leaves: parts that disagree, or a tar of another size.
     if len(recorded) != 1 or sha is None:
         return ShardState.NEEDS_REPAIR
-    if size is not None and tar.stat().st_size != size:
+    if size is not None and tar_bytes != size:
         return ShardState.NEEDS_REPAIR
     # Same size, other bytes: not something our writers leave; the tar is built again.
     if (full_hash or size is None) and bf.file_sha256(tar) != sha:
@@ -227,17 +233,17 @@ def drop_output_failures(folder: bf.BuildFolder) -> list[str]:
         names = [s["name"] for s in bf.read_json(folder.plan_path)["plan"]["shards"]]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    dropped = [name for name in names if folder.tar_path(name).exists()
+    dropped = [name for name in names if folder.part_paths(name)["clips"].exists()
                and records_output_failure(folder.part_paths(name)["clips"])]
     for name in dropped:
-        folder.tar_path(name).unlink(missing_ok=True)
+        bf.remove(folder.tar_path(name))
         for part in folder.part_paths(name).values():
-            part.unlink(missing_ok=True)
+            bf.remove(part)
     if dropped:
         try:
             bf.write_shards_table(folder, names)
         except OSError:
-            folder.shards_table_path.unlink(missing_ok=True)   # rewritten by the rerun
+            bf.remove(folder.shards_table_path)   # rewritten by the rerun
     return dropped
 
 

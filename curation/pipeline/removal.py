@@ -70,11 +70,12 @@ def tar_matches_parts(folder: bf.BuildFolder, shard: str, *, full_hash: bool) ->
     metadata; O(1)), or by sha256 when `full_hash` or when the part records no size."""
     tar = folder.tar_path(shard)
     sha, size = manifests.part_shard_record(folder.part_paths(shard)["identities"])
-    if not tar.exists() or sha is None:
+    tar_bytes = bf.size(tar)
+    if tar_bytes is None or sha is None:
         return False
     if full_hash or size is None:
         return bf.file_sha256(tar) == sha
-    return tar.stat().st_size == size
+    return tar_bytes == size
 
 
 def rewrite_without(folder: bf.BuildFolder, shard: str, select: Callable[[Rows], set[str]], *,

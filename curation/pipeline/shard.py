@@ -24,7 +24,6 @@ goes on.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -279,7 +278,7 @@ def write_shard(folder: bf.BuildFolder, spec: ShardSpec, results: list[IdentityR
     # Parts first, tar last: a tar under its final name implies its parts are written.
     bf.write_shard_parts(folder, spec.name, staged.sha256, rows)
     commit_shard(staged)
-    shutil.rmtree(work_dir(folder, spec.name), ignore_errors=True)
+    bf.remove(work_dir(folder, spec.name), recursive=True)
     clips_ok = sum(1 for r in rows["clips"] if r["status"] == Status.OK)
     return ShardResult(spec.name, spec.split, len(samples), len(spec.identities), staged.bytes,
                        staged.sha256, clips_ok, len(rows["clips"]) - clips_ok,

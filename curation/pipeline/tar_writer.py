@@ -2,8 +2,8 @@
 
 A shard is written in two steps so that the manifest parts can be written in between:
 `stage_shard` writes the tar under a hidden temporary name in the final folder (fsynced) and
-returns its sha256; `commit_shard` renames it into place. A shard file under its final name is
-therefore always complete.
+returns its sha256; `commit_shard` renames it into place (and on a store uploads it, see
+`curation.build_folder.store`). A shard file under its final name is therefore always complete.
 
 Bytes are reproducible: members in the given order, mtime 0, uid/gid 0, no user/group names,
 mode 0644, and JSON with sorted keys and rounded floats.
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from curation.build_folder import fsync_dir, staged_path
+from curation.build_folder import fsync_dir, publish, staged_path
 
 JPEG_QUALITY = 95
 FLOAT_DIGITS = 4
@@ -136,9 +136,11 @@ def stage_shard(final_path: Path, samples: list[Sample]) -> StagedShard:
 
 
 def commit_shard(staged: StagedShard) -> Path:
-    """Rename a staged shard into place (atomic on one filesystem) and fsync the folder."""
+    """Rename a staged shard into place (atomic on one filesystem) and fsync the folder; for an
+    output on a store, upload it: the tar's PUT, after its parts', is the shard's commit."""
     os.replace(staged.tmp_path, staged.final_path)
     fsync_dir(staged.final_path.parent)
+    publish(staged.final_path)
     return staged.final_path
 
 
