@@ -226,14 +226,110 @@ class LocalLockFile:
             self.path.unlink(missing_ok=True)
 
 
+class StoreLockObject:
+    """The lock as an S3 object, by conditional writes (see the module docstring): create is a
+    PutObject with If-None-Match, every later write a PutObject or DeleteObject with If-Match
+    on the ETag just read. Each write carries a fresh beat number, so every renewal changes the
+    ETag and a taker's compare-and-swap on a stale ETag fails after a renewal. The age is the
+    store's: its Date header less the object's LastModified."""
+
+    def __init__(self, url: str):
+        from mfhq_contract import storage
+
+        self.url = url
+        self.path = url                                # named in messages
+        self.fs = storage.filesystem(url)
+        bucket, _, key = url.split("://", 1)[1].partition("/")
+        self.bucket, self.key = bucket, key
+        self.etag: str | None = None
+
+    def _put(self, holder: LockHolder, **condition) -> bool:
+        body = json.loads(holder.to_bytes())
+        body["beat"] = uuid.uuid4().hex
+        try:
+            reply = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key,
+                                    Body=json.dumps(body, sort_keys=True).encode(), **condition)
+        except (FileExistsError, OSError) as err:
+            if "pre-condition" in str(err) or "PreconditionFailed" in str(err) \
+                    or isinstance(err, FileExistsError):
+                return False
+            raise
+        self.etag = reply.get("ETag")
+        return True
+
+    def _head(self) -> tuple[str, float] | None:
+        try:
+            head = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self.key)
+        except FileNotFoundError:
+            return None
+        from email.utils import parsedate_to_datetime
+
+        now = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        store_now = parsedate_to_datetime(now).timestamp() if now else time.time()
+        return head["ETag"], max(0.0, store_now - head["LastModified"].timestamp())
+
+    def create(self, holder: LockHolder) -> bool:
+        return self._put(holder, IfNoneMatch="*")
+
+    def _read(self) -> tuple[LockState, str] | None:
+        # ETag first, then the body: a change in between makes a later If-Match on this ETag
+        # fail, which is the safe way round.
+        head = self._head()
+        if head is None:
+            return None
+        etag, age = head
+        try:
+            data = self.fs.cat_file(self.url)
+        except FileNotFoundError:
+            return None
+        return LockState(LockHolder.from_bytes(data), age), etag
+
+    def read(self) -> LockState | None:
+        read = self._read()
+        return None if read is None else read[0]
+
+    def renew(self, token: str) -> bool:
+        read = self._read()
+        if read is None or read[0].holder is None or read[0].holder.token != token:
+            return False
+        return self._put(read[0].holder, IfMatch=read[1])
+
+    def replace(self, stale_token: str | None, holder: LockHolder) -> bool:
+        read = self._read()
+        if read is None:
+            return self.create(holder)
+        state, etag = read
+        if (state.holder.token if state.holder else None) != stale_token:
+            return False
+        return self._put(holder, IfMatch=etag)
+
+    def delete(self, token: str) -> None:
+        read = self._read()
+        if read is not None and read[0].holder is not None and read[0].holder.token == token:
+            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
+
+
 def lock_path(manifests_dir: Path) -> Path:
     return Path(manifests_dir) / LOCK_FILE
+
+
+def lock_backend(manifests_dir: Path) -> LocalLockFile | StoreLockObject:
+    """The lock of an output: an object beside its manifests on S3 (the output's own store,
+    so builds on different machines see each other), else a file in the manifests folder
+    (on another store, the file in this node's mirror guards this machine only)."""
+    from curation.build_folder.store import store_url
+
+    url = store_url(manifests_dir)
+    if url is not None and url.split("://", 1)[0] in ("s3", "s3a"):
+        return StoreLockObject(f"{url}/{LOCK_FILE}")
+    return LocalLockFile(lock_path(manifests_dir))
 
 
 class BuildLock:
     """This process's hold on an output folder (see the module docstring)."""
 
-    def __init__(self, backend: LocalLockFile, holder: LockHolder, where: str):
+    def __init__(self, backend: LocalLockFile | StoreLockObject, holder: LockHolder,
+                 where: str):
         self.backend, self.holder, self.where = backend, holder, where
         self.lost: LockHolder | None = None     # set when another build took the lock over
         self.lost_seen = False
@@ -247,7 +343,7 @@ class BuildLock:
                 lease_s: float | None = None) -> BuildLock:
         """Take the lock of the output whose manifests are in `manifests_dir` (`where` names the
         output in messages); raises OutputLocked when a live build holds it."""
-        backend = LocalLockFile(lock_path(manifests_dir))
+        backend = lock_backend(manifests_dir)
         where = where or str(Path(manifests_dir).parent)
         me = LockHolder.me(lease_seconds() if lease_s is None else lease_s)
         for _ in range(ACQUIRE_ATTEMPTS):
