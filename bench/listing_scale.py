@@ -2,7 +2,8 @@
 
     python bench/listing_scale.py                  # --scale 0.05 (31,883 objects), projected
     python bench/listing_scale.py --scale 1        # the full 637,670 objects (upload: ~33 min)
-    python bench/listing_scale.py --videos         # also: the cost of copying videos per clip
+    python bench/listing_scale.py --videos         # also: the cost of fetching videos per clip
+    python bench/listing_scale.py --videos-only    # only that (seconds, no upload)
 
 The tree is `bench/planning_scale.py`'s (the four datasets' metadata at `--scale` times the
 released sizes, every video an empty object), uploaded to moto's S3 server, started here as its
@@ -19,10 +20,22 @@ Uploading is moto's speed, not the build's: ~325 objects/s on 2 cores here, so t
 takes ~33 minutes to set up; the default is a twentieth, and `--scale 1` is there for a machine
 with the time.
 
-`--videos` measures the copy to node-local scratch (`curation.storage.local_video`) of a
-`--video-mb` object: seconds and MB/s per clip. Every clip's task copies its whole video, so a
-clip cut from a raw download fetches the whole file: printed as bytes fetched against the clip's
-share of a 20-minute video for a 10 s clip.
+`--videos` measures `curation.storage.local_video` for `--clips` clips cut from one raw
+`--video-mb` download (CelebV-HQ / CelebV-Text keep many clips of one `<ytb_id>.mp4`): the object
+bytes the server sent (counted by the server process itself) and seconds per clip, first with the
+node's video cache off (`MFHQ_VIDEO_CACHE_BYTES=0`: each clip copies the whole video, as before
+issue 24) and then on, printed against the clip's share of its video (a 10 s clip of a 20-minute
+download: 1/120). Measured here (2 shared cores, moto on 127.0.0.1):
+
+    --videos-only (64 MB, 6 clips)
+    cache off: 64.0 MB fetched per clip = 120x the clip's share, 6.05 s for the 6 clips
+    cache on:  10.7 MB fetched per clip =  20x the clip's share, 1.03 s (the video once)
+    --videos-only --video-mb 8 --clips 120
+    cache off:  8.0 MB fetched per clip = 120x the clip's share, 11.33 s for the 120 clips
+    cache on:   0.07 MB fetched per clip =  1x the clip's share, 0.45 s
+
+With the cache a video is fetched once per node, so the bytes per clip are the video over its
+clips on that node: 1x the share when all 120 ten-second clips of a 20-minute download are cut.
 """
 
 from __future__ import annotations
@@ -47,18 +60,63 @@ from planning_scale import FULL, PeakRSS, generate  # noqa: E402 - the same tree
 
 KINDS = ["celebvhq", "celebvtext", "vfhq", "talkinghead1kh"]
 BUCKET = "bench"
+VIDEO_BUCKET = "bench-videos"
 FULL_OBJECTS = 637_670
 HOST = "127.0.0.1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+COUNTS_PATH = "/_bench/object-bytes"
+
+
+def serve(port: int) -> None:
+    """moto's S3 app on 127.0.0.1:port, counting the bytes of the object GETs it answers
+    (`GET COUNTS_PATH` returns them as JSON): the bytes a build fetched, as the store saw them."""
+    import threading
+
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    lock, sent = threading.Lock(), {"bytes": 0, "gets": 0}
+
+    def counted(body):
+        for chunk in body:
+            with lock:
+                sent["bytes"] += len(chunk)
+            yield chunk
+
+    def counting(environ, start_response):
+        if environ["PATH_INFO"] == COUNTS_PATH:
+            start_response("200 OK", [("Content-Type", "application/json")])
+            with lock:
+                return [json.dumps(sent).encode()]
+        body = app(environ, start_response)
+        # object reads only: a listing is a GET with a query string
+        if environ["REQUEST_METHOD"] != "GET" or environ.get("QUERY_STRING"):
+            return body
+        with lock:
+            sent["gets"] += 1
+        return counted(body)
+
+    make_server(HOST, port, counting, threaded=True).serve_forever()
+
+
+def object_bytes(endpoint: str) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(endpoint + COUNTS_PATH, timeout=30) as answer:  # noqa: S310
+        return json.loads(answer.read())["bytes"]
+
+
 def start_server() -> tuple[subprocess.Popen, str]:
-    """moto's S3 server in its own process on a free port of 127.0.0.1 (waits at most 60 s)."""
+    """moto's S3 server (`serve`) in its own process on a free port of 127.0.0.1 (waits at
+    most 60 s)."""
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -172,28 +230,44 @@ def report(stages: list[dict], scale: float, objects: int, upload_s: float) -> N
           f"projected_rss_mb={full_mb:.0f}")
 
 
-def measure_videos(endpoint: str, video_mb: int, clips: int) -> None:
-    """Copy one `video_mb` object to scratch `clips` times, as `clips` tasks would."""
+def measure_videos(endpoint: str, video_mb: int, clips: int) -> dict:
+    """`clips` clips of one `video_mb` video through `local_video`, as `clips` analysis tasks
+    of one node would ask for it: cache off, then on (a fresh cache); bytes and seconds."""
     import boto3
 
     from curation.storage import local_video
 
     client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=VIDEO_BUCKET)
     payload = os.urandom(video_mb << 20)
-    client.put_object(Bucket=BUCKET, Key="videos/raw.mp4", Body=payload)
-    times = []
-    for _ in range(clips):
-        started = time.perf_counter()
-        with local_video(f"s3://{BUCKET}/videos/raw.mp4", time_limit_s=600) as path:
-            assert os.path.getsize(path) == len(payload)
-        times.append(time.perf_counter() - started)
-    per_clip = sorted(times)[len(times) // 2]
-    print(f"video copy to scratch: {video_mb} MB in {per_clip:.2f} s per clip (median of "
-          f"{clips}; {video_mb / per_clip:.0f} MB/s incl. the size check and sha256)")
-    share = 10 / (20 * 60)
-    print(f"bytes fetched per clip: the whole video; a 10 s clip of a 20-minute raw download "
-          f"is {share:.1%} of it, so the copy fetches {1 / share:.0f}x the clip's share, once "
-          f"per clip of that video")
+    client.put_object(Bucket=VIDEO_BUCKET, Key="raw/ytb_id.mp4", Body=payload)
+    share = 10 / (20 * 60)        # a 10 s clip of a 20-minute raw download
+    figures = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        os.environ["MFHQ_SCRATCH"] = scratch
+        os.environ["MFHQ_VIDEO_CACHE"] = str(Path(scratch) / "cache")
+        for mode, bound in (("off", "0"), ("on", str(4 * len(payload)))):
+            os.environ["MFHQ_VIDEO_CACHE_BYTES"] = bound
+            before, times = object_bytes(endpoint), []
+            for _ in range(clips):
+                started = time.perf_counter()
+                with local_video(f"s3://{VIDEO_BUCKET}/raw/ytb_id.mp4", time_limit_s=600) as path:
+                    assert os.path.getsize(path) == len(payload)
+                times.append(time.perf_counter() - started)
+            per_clip = (object_bytes(endpoint) - before) / clips
+            figures[mode] = {"mb_per_clip": per_clip / (1 << 20),
+                             "share_x": per_clip / (share * len(payload)),
+                             "first_s": times[0], "later_s": sorted(times[1:])[len(times) // 2 - 1]
+                             if clips > 1 else times[0], "total_s": sum(times)}
+            f = figures[mode]
+            print(f"cache {mode}: {f['mb_per_clip']:.1f} MB fetched per clip = "
+                  f"{f['share_x']:.0f}x the clip's share ({video_mb} MB video, {clips} clips); "
+                  f"first clip {f['first_s']:.2f} s, later clips {f['later_s']:.3f} s (median), "
+                  f"{f['total_s']:.2f} s in all")
+    print(f"FIGURES videos video_mb={video_mb} clips={clips} "
+          + " ".join(f"{m}_mb_per_clip={f['mb_per_clip']:.2f} {m}_share_x={f['share_x']:.1f} "
+                     f"{m}_total_s={f['total_s']:.2f}" for m, f in figures.items()))
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,13 +278,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="generate (or reuse) the tree here; default: a temporary folder")
     parser.add_argument("--videos", action="store_true",
                         help="also measure copying a video to node-local scratch per clip")
+    parser.add_argument("--videos-only", action="store_true",
+                        help="only the video measurement (no tree, no upload, no listing)")
     parser.add_argument("--video-mb", type=int, default=64)
+    parser.add_argument("--clips", type=int, default=6, help="clips cut from the one video")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:      # the child: measure only, print JSON
         print(json.dumps(measure(args.measure)))
         return 0
+    if args.serve:        # the server's process
+        serve(args.serve)
+        return 0
     os.environ.update(CREDENTIALS)
+    if args.videos_only:
+        server, endpoint = start_server()
+        try:
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
+            measure_videos(endpoint, args.video_mb, args.clips)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp) / f"scale-{args.scale:g}"
         if not (root / "generated.json").exists():
@@ -225,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             stages = measure_in_child(f"s3://{BUCKET}", dict(os.environ))
             report(stages, args.scale, objects, upload_s)
             if args.videos:
-                measure_videos(endpoint, args.video_mb, clips=3)
+                measure_videos(endpoint, args.video_mb, args.clips)
         finally:
             server.terminate()
             server.wait(timeout=30)

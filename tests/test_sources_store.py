@@ -132,13 +132,17 @@ def test_a_takedown_list_at_a_url_is_read_and_hashed(s3_server, stored_corpus): 
     assert values["takedown"] == url and len(values["takedown_sha256"]) == 64
 
 
+@pytest.mark.parametrize("cache_bytes", ["0", "1G"])
 def test_a_video_deleted_after_the_listing_is_video_missing_and_scratch_is_emptied(
-        s3_server, stored_corpus, tmp_path, monkeypatch):  # noqa: F811
+        s3_server, stored_corpus, tmp_path, monkeypatch, cache_bytes):  # noqa: F811
+    """With the video cache off (0) the task's own copy goes when the block ends; with it on
+    the video stays in the cache only (`tests/test_storage_video_cache.py` tests the cache)."""
     from curation.faces.decoding import DecodeError
     from curation.records import Reason
     from curation.storage import local_video
 
     monkeypatch.setenv("MFHQ_SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.setenv("MFHQ_VIDEO_CACHE_BYTES", cache_bytes)
     local, url = stored_corpus
     client = s3_server.client()
     key = "datasets/corpus/folder/t1_face1/clip_0.mp4"
@@ -147,13 +151,15 @@ def test_a_video_deleted_after_the_listing_is_video_missing_and_scratch_is_empti
     with local_video(f"s3://{BUCKET}/victim/clip_0.mp4", time_limit_s=30) as path:
         assert Path(path).read_bytes() == (local / "folder/t1_face1/clip_0.mp4").read_bytes()
         assert Path(path).is_relative_to(tmp_path / "scratch")
-    assert list((tmp_path / "scratch").iterdir()) == []        # deleted when the task ends
+    left = {p.name for p in (tmp_path / "scratch").iterdir()}
+    assert left == (set() if cache_bytes == "0" else {"mfhq-video-cache"})   # no task folder
     client.delete_object(Bucket=BUCKET, Key="victim/clip_0.mp4")
     with pytest.raises(DecodeError) as raised, \
             local_video(f"s3://{BUCKET}/victim/clip_0.mp4", time_limit_s=30):
         pass
     assert raised.value.reason == Reason.VIDEO_MISSING
-    assert list((tmp_path / "scratch").iterdir()) == []
+    assert f"s3://{BUCKET}/victim/clip_0.mp4" in raised.value.message
+    assert {p.name for p in (tmp_path / "scratch").iterdir()} == left
 
 
 def test_a_frame_folder_in_a_store_is_copied_whole(stored_corpus, tmp_path, monkeypatch):
@@ -222,16 +228,18 @@ def test_credentials_the_store_refuses_are_one_clear_error(auth_server, monkeypa
 # --- whole builds ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ray_with_store(s3_server):  # noqa: F811 - the fixture
+def ray_with_store(s3_server, tmp_path_factory):  # noqa: F811 - the fixture
     """A local Ray whose workers see the S3 server's AWS_* environment, as workers started
-    after the credentials were set do (a session Ray started before this module would not)."""
+    after the credentials were set do (a session Ray started before this module would not),
+    and keep their node's video cache in a folder of this module (not the machine's /tmp)."""
     import ray
 
     was_running = ray.is_initialized()
     if was_running:
         ray.shutdown()
+    env = dict(s3_server.env, MFHQ_VIDEO_CACHE=str(tmp_path_factory.mktemp("video-cache")))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": s3_server.env})
+             runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
     if was_running:   # give the session back the Ray it had
