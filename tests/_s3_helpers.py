@@ -75,3 +75,16 @@ def s3_server():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def upload_tree(server: S3Server, local, bucket: str, prefix: str) -> int:
+    """Every regular file under `local` as `prefix/<relative path>` (a store has no links)."""
+    from pathlib import Path
+
+    client = server.client()
+    count = 0
+    for path in sorted(Path(local).rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
+            count += 1
+    return count
