@@ -235,3 +235,44 @@ def test_a_second_build_on_a_bucket_output_a_live_build_holds_is_refused_naming_
     assert ".build.lock" not in " ".join(_keys(bucket, "locked"))
     again = bf.BuildLock.acquire(folder.manifests_dir, folder.output)
     again.release()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_cluster_whose_nodes_share_only_the_bucket_builds_the_local_bytes(
+        bucket, demo_corpus, local_build, tmp_path):
+    """(b) Two Ray nodes, each with its own private scratch (its own mirror of the output),
+    the driver with a third: the work files and shards cross nodes only through the store."""
+    from ray.cluster_utils import Cluster
+
+    paths, _ = demo_corpus
+    _, hashes, rows = local_build
+    url = f"s3://{BUCKET}/cluster"
+
+    def node_env(name: str) -> dict[str, str]:
+        (tmp_path / name).mkdir()
+        return {**bucket.env, "MFHQ_SCRATCH": str(tmp_path / name)}
+
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                "env_vars": node_env("head")})
+    try:
+        c.add_node(num_cpus=1, env_vars=node_env("worker"))
+        c.wait_for_nodes(timeout=120)
+        _build(_args_to(paths, url) + ["--ray-address", c.address],
+               _env(bucket, tmp_path / "driver"), tmp_path / "build.log")
+    finally:
+        c.shutdown()
+    import json
+
+    copy = _download(bucket, "cluster", tmp_path / "copy")
+    placement = json.loads((copy / "manifests" / "run.json").read_text())["placement"]
+    assert len(placement["analysis"]) == 2, placement       # clips analysed on both nodes
+    assert shard_hashes(copy) == hashes
+    assert manifest_rows(copy) == rows
+    assert not _stray(_keys(bucket, "cluster"))
+    # no node wrote a shard or a work file into its scratch that outlived the build
+    for name in ("head", "worker", "driver"):
+        left = [p for p in (tmp_path / name).rglob("*") if p.is_file()
+                and ("/shards/" in str(p) or "/work/" in str(p))]
+        assert not left, left
