@@ -102,6 +102,11 @@ def _bucket_and_prefix(url: str) -> tuple[str, str]:
 
 def _store_problem(url: str, error: BaseException) -> SourceError:
     """One message per kind of failure, naming the URL and what to check."""
+    return SourceError(f"source {url}: {store_problem(error)}")
+
+
+def store_problem(error: BaseException) -> str:
+    """What a store's failure to list or read means, and what to check (sources, outputs)."""
     text = f"{type(error).__name__}: {error}"
     if isinstance(error, FileNotFoundError) or "NoSuchBucket" in text:
         what = "its bucket does not exist (or is not visible with these credentials)"
@@ -116,7 +121,7 @@ def _store_problem(url: str, error: BaseException) -> SourceError:
     else:
         what = ("the store could not be read (check AWS_ENDPOINT_URL or --storage-options, and "
                 "the network)")
-    return SourceError(f"source {url}: {what}. ({text[:300]})")
+    return f"{what}. ({text[:300]})"
 
 
 def _list_pages(url: str, max_keys: int = 1000) -> Iterator[list[str]]:

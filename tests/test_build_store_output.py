@@ -276,3 +276,33 @@ def test_a_cluster_whose_nodes_share_only_the_bucket_builds_the_local_bytes(
         left = [p for p in (tmp_path / name).rglob("*") if p.is_file()
                 and ("/shards/" in str(p) or "/work/" in str(p))]
         assert not left, left
+
+
+def test_an_output_bucket_that_does_not_exist_is_one_error_before_any_work(
+        bucket, demo_corpus, tmp_path, monkeypatch, capsys):
+    from curation.audit import verify
+    from curation.errors import BuildFolderError
+    from curation.executor.runner import run_build
+    from curation.pipeline.config import parse_args
+
+    paths, _ = demo_corpus
+    monkeypatch.setenv("MFHQ_SCRATCH", str(tmp_path))
+    with pytest.raises(BuildFolderError, match="s3://no-such-bucket/mfhq: its bucket does "
+                                               "not exist"):
+        run_build(parse_args(_args_to(paths, "s3://no-such-bucket/mfhq")))
+    assert verify.main(["--output", "s3://no-such-bucket/mfhq"]) == 2
+    assert "its bucket does not exist" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.parquet"))          # nothing was started or written
+
+
+def test_a_store_that_refuses_a_write_stops_the_build_as_a_full_output_does():
+    import errno
+
+    from curation import build_folder as bf
+    from curation.build_folder.store import refused
+
+    err = refused("s3://b/mfhq/shards/x.tar", PermissionError("AccessDenied: no PutObject"))
+    assert isinstance(err, OSError) and err.errno == errno.EROFS
+    assert bf.is_output_full(err)
+    other = ConnectionError("reset")
+    assert refused("s3://b/x", other) is other           # anything else is raised as it is

@@ -478,7 +478,8 @@ def main(argv: list[str] | None = None, prog: str = "mfhq verify") -> int:
     try:
         bf.sync_down(config.manifests_dir)    # an output on a store: its manifests, mirrored
     except Exception as err:  # noqa: BLE001 - the store's own error, said in one line
-        print(f"verify: cannot read {config.output}: {_first_line(err)}", file=sys.stderr)
+        print(f"verify: error: {str(err).splitlines()[0] if str(err) else _first_line(err)}",
+              file=sys.stderr)
         return EXIT_NO_BUILD
     if not config.manifests_dir.is_dir():
         shown = bf.store_url(config.manifests_dir) or config.manifests_dir

@@ -36,6 +36,7 @@ from curation.build_folder.layout import (
 )
 from curation.build_folder.lock import BuildLock, LockLost, OutputLocked
 from curation.build_folder.store import (
+    check_output,
     exists,
     list_tars,
     mirror_root,
@@ -65,6 +66,6 @@ __all__ = [
     "read_json", "read_manifest", "read_manifest_table", "read_part", "read_samples",
     "remove_stale_temporaries", "require_manifests", "shard_of_part", "staged_path",
     "write_parquet_atomic", "write_shard_parts", "write_shards_table",
-    "exists", "list_tars", "mirror_root", "publish", "remove", "size", "store_url",
+    "check_output", "exists", "list_tars", "mirror_root", "publish", "remove", "size", "store_url",
     "sync_down",
 ]

@@ -253,7 +253,9 @@ class StoreLockObject:
             if "pre-condition" in str(err) or "PreconditionFailed" in str(err) \
                     or isinstance(err, FileExistsError):
                 return False
-            raise
+            from curation.build_folder.store import refused
+
+            raise refused(self.url, err) from err     # a store that refuses writes: exit 3
         self.etag = reply.get("ETag")
         return True
 

@@ -98,7 +98,7 @@ def _relative(path: Path, root: Path) -> Path | None:
     return None
 
 
-def _refused(url: str, err: BaseException) -> BaseException:
+def refused(url: str, err: BaseException) -> BaseException:
     """A store's refusal to write as the OSError a read-only output raises (exit 3)."""
     text = f"{type(err).__name__}: {err}"
     if isinstance(err, PermissionError) or any(
@@ -116,7 +116,7 @@ def publish(path: str | os.PathLike) -> None:
     try:
         storage.filesystem(url).put_file(str(path), url)
     except Exception as err:
-        raise _refused(url, err) from err
+        raise refused(url, err) from err
     if located[1].parts[0] in DROPPED_AFTER_UPLOAD:
         Path(path).unlink(missing_ok=True)
 
@@ -171,7 +171,7 @@ def remove(path: str | os.PathLike, *, recursive: bool = False) -> None:
     except FileNotFoundError:
         pass
     except Exception as err:
-        raise _refused(url, err) from err
+        raise refused(url, err) from err
 
 
 def list_tars(shards_dir: Path) -> list[str]:
@@ -213,12 +213,32 @@ def _same(local: Path, info: dict) -> bool:
     return True
 
 
+def check_output(url: str) -> None:
+    """Raise BuildFolderError, naming the output and what to check, when its store cannot be
+    listed: a bucket that does not exist, credentials the store refuses, an endpoint that
+    cannot be reached. (Whether it takes writes is learnt at the first write: exit 3.)"""
+    from curation.errors import BuildFolderError
+    from curation.storage import store_problem
+
+    fs = storage.filesystem(url)
+    try:
+        if url.split("://", 1)[0] in ("s3", "s3a"):
+            bucket, _, prefix = url.split("://", 1)[1].partition("/")
+            fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        elif not fs.exists(url.split("://", 1)[1].split("/", 1)[0]):
+            raise FileNotFoundError(f"no bucket {url.split('://', 1)[1].split('/', 1)[0]}")
+    except Exception as err:  # noqa: BLE001 - every store failure becomes one message
+        raise BuildFolderError(f"output {url}: {store_problem(err)}") from err
+
+
 def sync_down(manifests_dir: Path) -> int:
     """Make a mirror's manifests folder hold what the store holds under it; returns the
-    files downloaded. Nothing for a local output."""
+    files downloaded. Nothing for a local output. Raises BuildFolderError when the store
+    cannot be listed (`check_output`)."""
     url = store_url(manifests_dir)
     if url is None:
         return 0
+    check_output(url.rsplit("/", 1)[0])
     fs = _fs(url)
     try:
         listing = fs.find(url, detail=True)

@@ -62,6 +62,8 @@ def run_build(config: BuildConfig) -> BuildSummary:
     output, in the summary's failures or raised, leaves no temporaries behind."""
     config.validate()
     folder = bf.BuildFolder.of(config)
+    if folder.on_store:          # a missing bucket or refused credentials: one message, exit 2
+        bf.check_output(folder.output)
     lock = bf.BuildLock.acquire(folder.manifests_dir, output_name(config))
     try:
         # An output on a store: its manifests into this node's mirror, under the lock.
