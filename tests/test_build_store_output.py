@@ -306,3 +306,40 @@ def test_a_store_that_refuses_a_write_stops_the_build_as_a_full_output_does():
     assert bf.is_output_full(err)
     other = ConnectionError("reset")
     assert refused("s3://b/x", other) is other           # anything else is raised as it is
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_node_removed_mid_build_on_a_bucket_loses_nothing(
+        bucket, demo_corpus, local_build, tmp_path):
+    """(d) A worker node joins once the driver holds the bucket's lock (so the driver is not
+    attached to it), analyses clips into the bucket, and is removed mid-build."""
+    from ray.cluster_utils import Cluster
+
+    paths, _ = demo_corpus
+    _, hashes, rows = local_build
+    url = f"s3://{BUCKET}/node-lost"
+
+    def node_env(name: str) -> dict[str, str]:
+        (tmp_path / name).mkdir()
+        return {**bucket.env, "MFHQ_SCRATCH": str(tmp_path / name)}
+
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                "env_vars": node_env("head")})
+    try:
+        proc = _start(_args_to(paths, url) + ["--ray-address", c.address, "--verbose"],
+                      _env(bucket, tmp_path / "driver"), tmp_path / "build.log")
+        wait_for(proc, lambda: "manifests/.build.lock" in _keys(bucket, "node-lost"),
+                 "the driver holding the bucket's lock", poll=0.2)
+        worker = c.add_node(num_cpus=2, env_vars=node_env("worker"))
+        wait_for(proc, lambda: sum(k.startswith("work/") for k in _keys(bucket, "node-lost"))
+                 >= 2, "clips analysed into the bucket", poll=0.2)
+        c.remove_node(worker)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "build.log").read_text()[-3000:]
+    finally:
+        c.shutdown()
+    copy = _download(bucket, "node-lost", tmp_path / "copy")
+    assert shard_hashes(copy) == hashes
+    assert manifest_rows(copy) == rows
+    assert not _stray(_keys(bucket, "node-lost"))
