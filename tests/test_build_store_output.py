@@ -167,7 +167,7 @@ def test_a_build_killed_on_a_bucket_resumes_on_a_fresh_node_to_the_same_bytes(
     url = f"s3://{BUCKET}/c"
     args = _args_to(paths, url)
     proc = _start(args, _env(bucket, tmp_path / "node1"), tmp_path / "build.log")
-    wait_for(proc, lambda: any(k.endswith(".tar") for k in _keys(bucket, "c")),
+    wait_for(proc, lambda: any(k.startswith("shards/") for k in _keys(bucket, "c")),
              "the first shard committed to the bucket", poll=0.2)
     kill_build(proc)
     # What a reader sees now: every tar object is complete (its parts record its sha256).
@@ -178,6 +178,16 @@ def test_a_build_killed_on_a_bucket_resumes_on_a_fresh_node_to_the_same_bytes(
             ".tar", ".parquet")
         recorded = manifests.part_shard_sha256(part)
         assert recorded == sha, f"{tar} is visible but not the one its parts record"
+    # a dry run on another node reads the store's listing, says what is left, writes nothing
+    before = _keys(bucket, "c")
+    dry = subprocess.run([sys.executable, "-m", "curation.build_mfhq", *args, "--dry-run"],
+                         cwd=REPO, env=_env(bucket, tmp_path / "dry"), capture_output=True,
+                         text=True, timeout=600)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    finished = len([k for k in before if k.startswith("shards/")])
+    assert finished >= 1
+    assert f"{finished} finished" in dry.stdout and "to build" in dry.stdout, dry.stdout
+    assert _keys(bucket, "c") == before
     _build(args, _env(bucket, tmp_path / "node2"), tmp_path / "resume.log")
     keys = _keys(bucket, "c")
     assert not _stray(keys), _stray(keys)
