@@ -247,27 +247,34 @@ def test_a_second_build_on_a_bucket_output_a_live_build_holds_is_refused_naming_
     again.release()
 
 
+def _node_env(server, scratch: Path) -> dict[str, str]:
+    """A Ray node's environment: the store's, and a private scratch of its own."""
+    scratch.mkdir()
+    return {**server.env, "MFHQ_SCRATCH": str(scratch)}
+
+
+def _private_cluster(server, tmp_path: Path):
+    """A real Ray cluster of a 1-CPU head with a private scratch (nodes are added by tests)."""
+    from ray.cluster_utils import Cluster
+
+    return Cluster(initialize_head=True, connect=False,
+                   head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                   "env_vars": _node_env(server, tmp_path / "head")})
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_cluster_whose_nodes_share_only_the_bucket_builds_the_local_bytes(
         bucket, demo_corpus, local_build, tmp_path):
     """(b) Two Ray nodes, each with its own private scratch (its own mirror of the output),
     the driver with a third: the work files and shards cross nodes only through the store."""
-    from ray.cluster_utils import Cluster
-
     paths, _ = demo_corpus
     _, hashes, rows = local_build
     url = f"s3://{BUCKET}/cluster"
 
-    def node_env(name: str) -> dict[str, str]:
-        (tmp_path / name).mkdir()
-        return {**bucket.env, "MFHQ_SCRATCH": str(tmp_path / name)}
-
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                "env_vars": node_env("head")})
+    c = _private_cluster(bucket, tmp_path)
     try:
-        c.add_node(num_cpus=1, env_vars=node_env("worker"))
+        c.add_node(num_cpus=1, env_vars=_node_env(bucket, tmp_path / "worker"))
         c.wait_for_nodes(timeout=120)
         _build(_args_to(paths, url) + ["--ray-address", c.address],
                _env(bucket, tmp_path / "driver"), tmp_path / "build.log")
@@ -324,25 +331,17 @@ def test_a_node_removed_mid_build_on_a_bucket_loses_nothing(
         bucket, demo_corpus, local_build, tmp_path):
     """(d) A worker node joins once the driver holds the bucket's lock (so the driver is not
     attached to it), analyses clips into the bucket, and is removed mid-build."""
-    from ray.cluster_utils import Cluster
-
     paths, _ = demo_corpus
     _, hashes, rows = local_build
     url = f"s3://{BUCKET}/node-lost"
 
-    def node_env(name: str) -> dict[str, str]:
-        (tmp_path / name).mkdir()
-        return {**bucket.env, "MFHQ_SCRATCH": str(tmp_path / name)}
-
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                "env_vars": node_env("head")})
+    c = _private_cluster(bucket, tmp_path)
     try:
         proc = _start(_args_to(paths, url) + ["--ray-address", c.address, "--verbose"],
                       _env(bucket, tmp_path / "driver"), tmp_path / "build.log")
         wait_for(proc, lambda: "manifests/.build.lock" in _keys(bucket, "node-lost"),
                  "the driver holding the bucket's lock", poll=0.2)
-        worker = c.add_node(num_cpus=2, env_vars=node_env("worker"))
+        worker = c.add_node(num_cpus=2, env_vars=_node_env(bucket, tmp_path / "worker"))
         wait_for(proc, lambda: sum(k.startswith("work/") for k in _keys(bucket, "node-lost"))
                  >= 2, "clips analysed into the bucket", poll=0.2)
         c.remove_node(worker)
