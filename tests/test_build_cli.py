@@ -126,37 +126,3 @@ def test_a_clip_that_raises_is_recorded_and_the_next_clip_gets_a_fresh_analyzer(
                                "train/mfhq-train-000000.tar", _clip())
     assert nxt.status == "failed" and nxt.reason != Reason.INTERNAL_ERROR
     assert not isinstance(next(iter(analyze._ANALYZERS.values())), _ExplodingAnalyzer)
-
-
-def test_a_clip_past_its_time_limit_is_cancelled_and_its_worker_stopped(tmp_path, ray_local):
-    import ray
-    from ray.exceptions import TaskCancelledError
-
-    from curation.executor import pool
-    from curation.pipeline import analyze
-
-    def hang(seconds: float) -> str:      # defined here: pickled by value for the worker
-        import time
-
-        time.sleep(seconds)
-        return "finished"
-
-    folder = BuildFolder(str(tmp_path))
-    clip = _clip()
-    ref = ray.remote(hang).options(max_retries=0).remote(120)
-    refs = {ref: (None, clip)}
-    # Not started yet (no marker): the limit does not run.
-    pool._enforce_limits(folder, refs, {}, {}, 5.0, lambda *failure: None)
-    ready, _ = ray.wait([ref], timeout=1)
-    assert not ready
-    # Its worker started it 10 s ago: past a 5 s limit, it is cancelled.
-    import json
-    import time
-
-    marker = analyze.inflight_marker(folder, clip)
-    marker.parent.mkdir(parents=True)
-    marker.write_text(json.dumps({"clip": analyze.clip_key(clip), "pid": 0,
-                                  "started": time.time() - 10}))
-    pool._enforce_limits(folder, refs, {}, {}, 5.0, lambda *failure: None)
-    with pytest.raises(TaskCancelledError):
-        ray.get(ref, timeout=60)

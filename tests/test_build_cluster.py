@@ -123,18 +123,13 @@ def test_a_worker_node_removed_mid_build_loses_nothing(small_corpus, one_node, t
     with _head_only(num_cpus=1) as c:
         output, log_path = tmp_path / "build", tmp_path / "build.log"
         proc = _start_attached_build(small_corpus, output, c.address, log_path)
-        inflight = output / "manifests" / ".inflight"
-
-        def clips_in_flight() -> int:
-            return len(list(inflight.glob("*.json"))) if inflight.is_dir() else 0
-
         deadline = time.monotonic() + 300
-        while clips_in_flight() < 1:                   # the driver is up and working
+        while _clips_in_flight() < 1:                   # the driver is up and working
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "the build never started a clip"
             time.sleep(0.05)
         worker = c.add_node(num_cpus=2)
-        while clips_in_flight() < 2:                   # clips run on the new node too
+        while _clips_in_flight() < 2:                   # clips run on the new node too
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "no clip ever ran on the added node"
             time.sleep(0.05)
@@ -224,6 +219,24 @@ def test_a_build_submitted_with_ray_job_submit_completes(small_corpus, one_node,
     assert manifest_rows(output) == rows
 
 
+def _clips_in_flight() -> int:
+    """Analysis tasks running now on the nodes this process started: Ray titles a worker
+    process `ray::<task>` while it runs one, and each node's raylet (a child of this process)
+    starts its workers. Other Rays on this machine are not counted."""
+    def parent(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    count = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(b"ray::_analysis_task") and \
+                    parent(parent(int(cmdline.parent.name))) == os.getpid():
+                count += 1
+        except (OSError, ValueError, IndexError):
+            continue            # a process that ended meanwhile
+    return count
+
+
 def _ray_task_spans(address: str, task: str) -> list[tuple[float, float]]:
     """(start, end) in seconds of every execution of the remote function named `task`, from
     Ray's own timeline of the cluster (read by a separate driver: this process never joins)."""
@@ -274,9 +287,8 @@ def test_a_node_that_joins_mid_build_gets_analysis_tasks_at_once(wide_corpus, tm
     with _head_only(num_cpus=1) as c:
         output, log_path = tmp_path / "build", tmp_path / "build.log"
         proc = _start_attached_build(wide_corpus, output, c.address, log_path)
-        inflight = output / "manifests" / ".inflight"
         deadline = time.monotonic() + 300
-        while not (inflight.is_dir() and any(inflight.glob("*.json"))):   # the first clip runs
+        while _clips_in_flight() < 1:                  # the first clip runs
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "the build never started a clip"
             time.sleep(0.05)

@@ -2,12 +2,12 @@
 shard retried with an unchanged result; a clip on which the worker dies every time (as a
 decoder crash or an out-of-memory kill would do) is recorded failed and its shard completes.
 
-The killer watches the builders' in-flight markers (`manifests/.inflight/`), so it kills
-exactly while the chosen clip is being analysed: no sleeps, no mocks."""
+The killer asks the build's clip clock (the Ray actor `pool.CLOCK_NAME`, which every analysis
+task tells when it starts a clip, with its pid), so it kills exactly while the chosen clip is
+being analysed: no sleeps, no mocks."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -52,28 +52,33 @@ def _clip_key(root: Path, person: str, name: str) -> str:
 
 
 class ClipKiller(threading.Thread):
-    """SIGKILLs the worker process whose in-flight marker names `clip`, up to `times` times."""
+    """SIGKILLs the worker process that the build's clip clock says started `clip`, up to
+    `times` times (the build runs in this process, on the session's Ray)."""
 
-    def __init__(self, manifests_dir: Path, clip: str, times: int):
+    def __init__(self, clip: str, times: int):
         super().__init__(daemon=True)
-        self.folder = manifests_dir / ".inflight"
         self.clip, self.times = clip, times
         self.killed: list[int] = []
         self.done = threading.Event()
 
     def run(self) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayError
+
+        from curation.executor.pool import CLOCK_NAME
+
         while not self.done.is_set() and len(self.killed) < self.times:
-            for marker in self.folder.glob("*.json"):
+            try:       # no build running yet, or its clock between builds: ask again
+                running = ray.get(ray.get_actor(CLOCK_NAME).running.remote(), timeout=10)
+            except (ValueError, RayError, GetTimeoutError):
+                running = {}
+            _age, pid = running.get(self.clip, (None, None))
+            if pid is not None and pid not in self.killed:
                 try:
-                    data = json.loads(marker.read_text())
-                except (OSError, ValueError):
-                    continue
-                if data.get("clip") == self.clip and data["pid"] not in self.killed:
-                    try:
-                        os.kill(data["pid"], signal.SIGKILL)
-                        self.killed.append(data["pid"])
-                    except ProcessLookupError:
-                        pass
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
+                except ProcessLookupError:
+                    pass
             time.sleep(0.01)
 
     def __enter__(self) -> ClipKiller:
@@ -98,7 +103,7 @@ def test_a_worker_killed_mid_clip_is_retried_and_the_result_is_unchanged(
         folder_corpus, undisturbed, tmp_path):
     output = tmp_path / "build"
     target = _clip_key(folder_corpus, "bob", "clip_1.mp4")
-    with ClipKiller(output / "manifests", target, times=1) as killer:
+    with ClipKiller(target, times=1) as killer:
         summary = _build(folder_corpus, output)
     assert len(killer.killed) == 1, "the worker was never caught on the clip"
     assert summary.ok and not summary.shards_failed
@@ -116,7 +121,7 @@ def test_a_clip_that_kills_its_worker_every_time_is_recorded_and_the_shard_compl
 
     output = tmp_path / "build"
     target = _clip_key(folder_corpus, "bob", "clip_1.mp4")
-    with ClipKiller(output / "manifests", target, times=100) as killer:
+    with ClipKiller(target, times=100) as killer:
         summary = _build(folder_corpus, output)
     assert len(killer.killed) == ANALYSIS_MAX_RETRIES + 1
     assert summary.ok and not summary.shards_failed

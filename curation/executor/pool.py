@@ -31,17 +31,39 @@ timeline from them (busy time per stage, idle CPU-s over the working phase:
 Faults: a clip whose worker dies is retried (`ANALYSIS_MAX_RETRIES`); when it dies every time
 the clip is recorded `worker_crashed`. A clip that runs past its time limit (counted from when
 its worker started it, `--clip-time-limit` + grace) is cancelled and recorded `video_timeout`.
-An identity or shard task that fails is retried, then its shard is reported failed. Every wait
-has a time limit; nothing here waits forever. Workers send their library output to
+A quality request that gets no answer within `QUALITY_REQUEST_TIMEOUT_S` of its crops being
+ready (a stuck or lost actor) is given up: its identity's finish task scores the crops itself.
+An identity or shard task that fails is retried, then its shard is reported failed. An output
+that refuses writes (`bf.is_output_full`) while a clip's work file is written stops the build
+with that OSError (the runner's exit 3): the disk's failure is never recorded as the clip's.
+Every wait has a time limit; nothing here waits forever. Workers send their library output to
 OUTPUT/logs/.
+
+When a worker started a clip, the driver learns from the clip clock (`_ClipClock`): one Ray
+actor of no CPU, on the driver's node, that each analysis task tells at its start (a
+fire-and-forget call) and that the driver reads once per POLL_S with a time-limited get. Why an
+actor rather than marker files or a streaming task: worker nodes need share no filesystem with
+the driver and the output may be an object store, where polling one object per clip every 2 s
+costs a request each and a listing is not up to date; a streaming generator would do it with
+one more object per clip and ties the start to the generator's protocol, while the actor costs
+one small message per clip and answers in one call for every clip in flight. The actor times
+with its own clock and reports ages, so nodes' clocks never need to agree. It holds only the
+clips the driver still has in flight (each read forgets the others).
+
+Driver memory per clip (measured by `bench/orchestration.py`): a clip's outcome stays in the
+driver only until its identity is handed to its prepare task, an identity's state only until
+its identity is done, the plan's clips are queued lazily, and spans are kept in `SpanLog`'s
+flat arrays (17 bytes a span), not as tuples.
 """
 
 from __future__ import annotations
 
+import array
 import collections
+import errno
 import os
-import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +72,7 @@ import numpy as np
 
 from curation import build_folder as bf
 from curation.errors import SchedulingError
-from curation.pipeline.analyze import ClipOutcome, clip_key, read_inflight
+from curation.pipeline.analyze import ClipOutcome, clip_key
 from curation.pipeline.config import BuildConfig
 from curation.pipeline.plan import ShardSpec
 from curation.pipeline.shard import ShardResult
@@ -62,6 +84,11 @@ TIMEOUT_GRACE_S = 30.0          # over the analyzer's own per-clip limit before 
 POLL_S = 2.0                    # how often the driver looks at time limits and progress
 INFLIGHT_PER_CPU = 2            # analysis tasks in flight per cluster CPU (backpressure)
 ASSEMBLY_TIMEOUT_S = 6 * 3600.0  # one identity's or shard's task; past it the shard has failed
+# One identity's quality request, from its crops being ready to the actor's answer (queue
+# included); past it the identity's finish task scores the crops itself.
+QUALITY_REQUEST_TIMEOUT_S = 600.0
+CLOCK_READ_TIMEOUT_S = 10.0     # one read of the clip clock; a late one is skipped, not waited on
+CLOCK_NAME = "mfhq-clip-clock"  # the clip clock's actor name in the build's job (see ClipClock)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -80,14 +107,39 @@ def init_ray(config: BuildConfig) -> bool:
     if config.ray.address:
         # On a cluster the code comes from the job's working_dir (`ray job submit`) or from the
         # install in cluster.yaml's setup commands (`ray submit`).
-        ray.init(address=config.ray.address, **quiet)
+        ray.init(address=config.ray.address, runtime_env=job_runtime_env(), **quiet)
     else:
         # address="local": always a fresh embedded Ray, never a stale cluster found by accident.
         # Workers get the repo root on their path, so a plain checkout works uninstalled.
         ray.init(address="local", num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus,
                  include_dashboard=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}}, **quiet)
+                 runtime_env=job_runtime_env({"PYTHONPATH": _pythonpath()}), **quiet)
     return True
+
+
+def job_runtime_env(env_vars: dict[str, str] | None = None) -> dict | None:
+    """The runtime_env of the build's Ray job: `env_vars` and this process's storage options
+    ($MFHQ_STORAGE_OPTIONS, which `--storage-options` sets), so that every worker of every node
+    reaches the stores as the driver does (a cluster's workers are started by their raylet, not
+    by this process, and inherit nothing from it). A variable the submitted job's own
+    runtime_env already sets (`ray job submit --runtime-env-json`) is left to it: Ray refuses
+    to merge a driver's runtime_env that sets the same one. None when there is nothing to set."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    from mfhq_contract.storage import OPTIONS_ENV
+
+    wanted = dict(env_vars or {})
+    if os.environ.get(OPTIONS_ENV, "").strip():
+        wanted[OPTIONS_ENV] = os.environ[OPTIONS_ENV]
+    try:
+        submitted = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+        taken = set((submitted.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        taken = set()
+    wanted = {name: value for name, value in wanted.items() if name not in taken}
+    return {"env_vars": wanted} if wanted else None
 
 
 def _pythonpath() -> str:
@@ -144,11 +196,17 @@ def warm_workers(config: BuildConfig, folder: bf.BuildFolder) -> list:
 
 
 def _analysis_task(analysis, identity, verbose: bool, folder: bf.BuildFolder, shard: str,
-                   clip) -> ClipOutcome:
-    """Stage 1 in a Ray worker (models cached per worker process)."""
+                   clip, clock=None) -> ClipOutcome:
+    """Stage 1 in a Ray worker (models cached per worker process); tells `clock` (the
+    `_ClipClock`) that it started the clip: the clip's time limit counts from here."""
     from curation.pipeline.analyze import analyze_clip
 
     started = time.time()
+    if clock is not None:
+        try:
+            clock.started.remote(clip_key(clip), os.getpid())     # fire and forget
+        except Exception:  # noqa: BLE001 - a lost clock costs the clip its time limit only
+            pass
     _quiet_worker(verbose, folder)
     outcome = analyze_clip(analysis, identity, folder, shard, clip)
     outcome.node = _node()
@@ -239,6 +297,46 @@ class _Progress:
         self.bar.close()
 
 
+class SpanLog:
+    """The build's spans (`finalize.Span`: stage, start, end, on_cpu) in flat arrays: 17 bytes
+    a span instead of a tuple of about 150, for one span per clip of a 600,000-clip build.
+    Reads as a sequence of those tuples (what `finalize.build_timeline` and the runner's
+    timeline log take)."""
+
+    def __init__(self) -> None:
+        self._stages: list[str] = []
+        self._codes = array.array("B")      # stage index * 2 + on_cpu
+        self._starts = array.array("d")
+        self._ends = array.array("d")
+
+    def append(self, span: tuple[str, float, float, bool]) -> None:
+        stage, start, end, on_cpu = span
+        if stage not in self._stages:
+            self._stages.append(stage)
+        self._codes.append(self._stages.index(stage) * 2 + bool(on_cpu))
+        self._starts.append(float(start))
+        self._ends.append(float(end))
+
+    def extend(self, spans) -> None:
+        for span in spans:
+            self.append(span)
+
+    def __iadd__(self, spans) -> SpanLog:
+        self.extend(spans)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def __getitem__(self, index: int) -> tuple[str, float, float, bool]:
+        code = self._codes[index]
+        return self._stages[code // 2], self._starts[index], self._ends[index], bool(code % 2)
+
+    def __iter__(self) -> Iterator[tuple[str, float, float, bool]]:
+        for code, start, end in zip(self._codes, self._starts, self._ends, strict=True):
+            yield self._stages[code // 2], start, end, bool(code % 2)
+
+
 @dataclass
 class PipelineRun:
     """What the pipeline did: shards written, shards failed, where the work ran, notes, and
@@ -248,7 +346,7 @@ class PipelineRun:
     failures: list[tuple[str, str]] = field(default_factory=list)
     placement: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    spans: list[tuple[str, float, float, bool]] = field(default_factory=list)
+    spans: SpanLog = field(default_factory=SpanLog)
     cpus: float = 0.0                  # cluster CPUs, averaged over the run
 
 
@@ -265,14 +363,144 @@ def analysis_inflight_limit(cpus: float) -> int:
     return max(2, int(INFLIGHT_PER_CPU * cpus))
 
 
-@dataclass
+class _ClipClock:
+    """Which clips workers have started, and how long ago (a Ray actor of no CPU; see the
+    module doc). Ages come from this actor's own monotonic clock, so no two nodes' clocks are
+    compared; it holds only the clips the driver said are still in flight."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, tuple[float, int]] = {}     # clip key -> (monotonic, pid)
+
+    def started(self, key: str, pid: int) -> None:
+        """A worker (process `pid`) started the clip `key` now; a retry starts it anew."""
+        self._started[key] = (time.monotonic(), pid)
+
+    def read(self, in_flight: list[str]) -> dict[str, tuple[float, int]]:
+        """Seconds since each clip of `in_flight` was started, and its worker's pid; every
+        other clip is forgotten (finished, or reported after the driver was done with it)."""
+        keep = set(in_flight)
+        self._started = {k: v for k, v in self._started.items() if k in keep}
+        return self.running()
+
+    def running(self) -> dict[str, tuple[float, int]]:
+        """What `read` answers, forgetting nothing (a look from outside the build)."""
+        now = time.monotonic()
+        return {key: (now - at, pid) for key, (at, pid) in self._started.items()}
+
+
+def start_clip_clock():
+    """The build's clip clock: an actor of no CPU pinned (softly) to the driver's node, so it
+    lives as long as the driver's own node does, named CLOCK_NAME in the job while the build
+    runs (unnamed when another build of this job holds the name)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    options = {"num_cpus": 0, "max_restarts": -1, "scheduling_strategy": here}
+    try:
+        return ray.remote(_ClipClock).options(name=CLOCK_NAME, **options).remote()
+    except ValueError:      # the name is taken
+        return ray.remote(_ClipClock).options(**options).remote()
+
+
+class _ClipTimes:
+    """The driver's side of the clip clock: when (driver's monotonic clock) each clip in
+    flight was started by its worker, refreshed by `refresh` once per poll."""
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.since: dict[str, float] = {}
+
+    def refresh(self, in_flight: list[str]) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayError
+
+        asked = time.monotonic()
+        try:
+            ages = ray.get(self.clock.read.remote(in_flight), timeout=CLOCK_READ_TIMEOUT_S)
+        except (RayError, GetTimeoutError):
+            # Skipped: clips keep the starts already known, a restarted clock learns anew.
+            return
+        # The clock answered between `asked` and now; its ages are counted back from `asked`,
+        # which errs towards a younger clip (never a clip cancelled early). A clip the clock
+        # does not know (a restarted clock) keeps the start already known.
+        flying = set(in_flight)
+        known = {key: at for key, at in self.since.items() if key in flying}
+        self.since = known | {key: asked - age for key, (age, _pid) in ages.items()}
+
+    def done(self, key: str) -> None:
+        self.since.pop(key, None)
+
+    def overdue(self, limit_s: float, now: float | None = None) -> set[str]:
+        now = time.monotonic() if now is None else now
+        return {key for key, since in self.since.items() if now - since > limit_s}
+
+
+class _QualityWatch:
+    """Each identity's quality request, watched by the driver (no worker waits on an actor):
+    from when the prepare task's crops are ready (`prepared`) to when the actor's scores are
+    (`answered`). `overdue` names the requests past their limit."""
+
+    def __init__(self, limit_s: float = QUALITY_REQUEST_TIMEOUT_S) -> None:
+        self.limit_s = limit_s
+        self.preparing: dict[Any, tuple[Any, Any]] = {}     # prepare's span ref -> (scores, key)
+        self.asked: dict[Any, tuple[Any, float]] = {}       # scores ref -> (key, asked at)
+
+    def watch(self, prepared_ref, scores_ref, key) -> None:
+        self.preparing[prepared_ref] = (scores_ref, key)
+
+    def refs(self) -> list:
+        return [*self.preparing, *self.asked]
+
+    def ready(self, ref, now: float | None = None) -> bool:
+        """`ref` (one of `refs`) is ready: a request goes to its actor, or was answered.
+        False when the ref is not watched here."""
+        if ref in self.preparing:
+            scores, key = self.preparing.pop(ref)
+            self.asked[scores] = (key, time.monotonic() if now is None else now)
+            return True
+        return self.asked.pop(ref, None) is not None
+
+    def forget(self, key) -> None:
+        for ref in [r for r, (_, k) in self.preparing.items() if k == key]:
+            del self.preparing[ref]
+        for ref in [r for r, (k, _) in self.asked.items() if k == key]:
+            del self.asked[ref]
+
+    def overdue(self, now: float | None = None) -> list:
+        """Keys of the requests unanswered for longer than the limit (forgotten here)."""
+        now = time.monotonic() if now is None else now
+        late = [(ref, key) for ref, (key, at) in self.asked.items() if now - at > self.limit_s]
+        for ref, _ in late:
+            del self.asked[ref]
+        return [key for _, key in late]
+
+
+@dataclass(eq=False)
 class _IdentityState:
     spec: ShardSpec
     position: int                      # in the shard
     ident: Any
     remaining: int
-    outcomes: dict[str, ClipOutcome] = field(default_factory=dict)
+    ordinal: int                       # in the run: picks its quality actor
+    outcomes: dict[str, ClipOutcome] | None = field(default_factory=dict)  # None once handed on
+    stage3: tuple | None = None        # the prepare task's refs: (span, prepared, crops)
     retried_locally: bool = False      # scored in its finish task after its actor failed
+
+
+def _plan_order(specs: list[ShardSpec], ready) -> Iterator[tuple[_IdentityState, Any]]:
+    """(identity state, clip) in plan order, made as they are reached (the driver never holds
+    a state per identity of the plan); an identity without clips (all taken down) is handed to
+    `ready` when it is reached."""
+    ordinal = 0
+    for spec in specs:
+        for position, ident in enumerate(spec.identities):
+            state = _IdentityState(spec, position, ident, len(ident.clips), ordinal)
+            ordinal += 1
+            if not ident.clips:
+                ready(state)
+            for clip in ident.clips:
+                yield state, clip
 
 
 def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpec],
@@ -286,7 +514,8 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     driver plans), else launched here; analysis starts without waiting for them.
     `timings["quality_ready"]` gets the seconds from their launch until they were ready; the
     run records which node analysed how many clips, selected how many identities and wrote
-    how many shards (`placement`, written to run.json) and every task's span (`spans`)."""
+    how many shards (`placement`, written to run.json) and every task's span (`spans`).
+    Raises the OSError when the output refuses a clip's work file (`bf.is_output_full`)."""
     import ray
     from ray.exceptions import GetTimeoutError, RayError, TaskCancelledError
 
@@ -320,28 +549,23 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     limit_s = config.analysis.clip_time_limit_s + TIMEOUT_GRACE_S
     cpus = cluster_cpus()
     cpu_samples = [(time.time(), cpus)]
+    clock = start_clip_clock()
+    times = _ClipTimes(clock)
+    quality = _QualityWatch()
 
-    identities: list[_IdentityState] = []
-    queue: collections.deque = collections.deque()
-    for spec in specs:
-        for position, ident in enumerate(spec.identities):
-            state = _IdentityState(spec, position, ident, len(ident.clips))
-            identities.append(state)
-            queue.extend((state, clip) for clip in ident.clips)
     left = {spec.name: len(spec.identities) for spec in specs}
     results: dict[str, list] = {spec.name: [None] * len(spec.identities) for spec in specs}
     failed_shards: set[str] = set()
-    clip_refs: dict[Any, tuple[_IdentityState, Any]] = {}
+    clip_refs: dict[Any, tuple[_IdentityState, Any, str]] = {}     # -> (state, clip, key)
     ident_refs: dict[Any, tuple[_IdentityState, float]] = {}      # finish reports
-    stage3: dict[int, tuple] = {}        # id(state) -> (span, prepared, crops) refs
     shard_refs: dict[Any, tuple[ShardSpec, float]] = {}
     placement: dict[str, collections.Counter] = {
         "analysis": collections.Counter(), "identity": collections.Counter(),
         "assembly": collections.Counter()}
     providers: collections.Counter = collections.Counter()   # warm-up: where models run
-    progress = _Progress(config.progress, identities_done, identities_total, len(queue),
+    clips_total = sum(len(ident.clips) for spec in specs for ident in spec.identities)
+    progress = _Progress(config.progress, identities_done, identities_total, clips_total,
                          shards_total - len(specs), shards_total)
-    ordinal = {id(state): i for i, state in enumerate(identities)}
 
     def fail_shard(spec: ShardSpec, message: str) -> None:
         if spec.name not in failed_shards:
@@ -352,20 +576,23 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     def submit_identity(state: _IdentityState, local: bool = False) -> None:
         """Prepare -> the quality actor -> finish, all submitted at once (Ray runs each when
         its inputs are ready); `local`: the scores are computed in the finish task (after its
-        actor failed)."""
+        actor failed or did not answer in time)."""
         if state.spec.name in failed_shards:
             return
-        if id(state) not in stage3:
-            stage3[id(state)] = prepare.remote(prepare_settings, config.verbose, folder,
-                                               state.spec.name, state.ident, state.outcomes)
-        span, prepared, crops = stage3[id(state)]
+        if state.stage3 is None:
+            state.stage3 = prepare.remote(prepare_settings, config.verbose, folder,
+                                          state.spec.name, state.ident, state.outcomes)
+            state.outcomes = None      # in the prepare task's arguments now, not needed here
+        span, prepared, crops = state.stage3
         # The identity's number picks its actor; which actor answers never changes a score.
-        actor = None if local else pool.actor_for(ordinal[id(state)])
+        actor = None if local else pool.actor_for(state.ordinal)
         scores = actor.score_all.remote(crops) if actor is not None else None
         report, result = finish.remote(finish_settings, config.verbose, folder, span,
                                        prepared, crops, scores, config.quality)
         results[state.spec.name][state.position] = result
         ident_refs[report] = (state, time.monotonic())
+        if scores is not None:
+            quality.watch(span, scores, report)
 
     def clip_done(state: _IdentityState, clip, outcome: ClipOutcome) -> None:
         state.outcomes[clip_key(clip)] = outcome
@@ -381,7 +608,7 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     def identity_done(state: _IdentityState, report: dict) -> None:
         placement["identity"][report["node"]] += 1
         run.spans += [("identity", start, end, True) for start, end in report["spans"]]
-        stage3.pop(id(state), None)
+        state.stage3 = None
         spec = state.spec
         if spec.name in failed_shards:
             return
@@ -390,34 +617,42 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
             shard_refs[write.remote(folder, spec, *results.pop(spec.name))] = (
                 spec, time.monotonic())
 
-    for state in identities:     # an identity without clips (all taken down) goes at once
-        if state.remaining == 0:
-            submit_identity(state)
-    for spec in specs:           # so does a shard without identities
+    def retry_locally(state: _IdentityState) -> None:
+        """The identity's actor is gone or did not answer: its finish task scores the crops."""
+        state.retried_locally = True
+        submit_identity(state, local=True)
+
+    upcoming = _plan_order(specs, submit_identity)
+    for spec in specs:           # a shard without identities goes at once
         if not spec.identities:
             shard_refs[write.remote(folder, spec)] = (spec, time.monotonic())
+    following = next(upcoming, None)
     last_progress = time.monotonic()
     last_check, running = 0.0, False
     try:
-        while queue or clip_refs or ident_refs or shard_refs:
+        while following is not None or clip_refs or ident_refs or shard_refs:
             max_inflight = analysis_inflight_limit(cpus)
-            while queue and len(clip_refs) < max_inflight:
-                state, clip = queue.popleft()
+            while following is not None and len(clip_refs) < max_inflight:
+                state, clip = following
+                following = next(upcoming, None)
                 poisoned = state.spec.poisoned.get(clip_key(clip))
                 if poisoned is not None:
                     clip_done(state, clip, ClipOutcome.failed(Reason.WORKER_CRASHED, poisoned))
                     continue
                 ref = analysis.remote(config.analysis, config.identity, config.verbose, folder,
-                                      state.spec.name, clip)
-                clip_refs[ref] = (state, clip)
+                                      state.spec.name, clip, clock)
+                clip_refs[ref] = (state, clip, clip_key(clip))
             pool.poll()
             if pool.ready_s is not None and "quality_ready" not in timings:
                 timings["quality_ready"] = pool.ready_s
-            done, _ = ray.wait(list(clip_refs) + list(ident_refs) + list(shard_refs),
-                               num_returns=1, timeout=POLL_S)
+            done, _ = ray.wait(list(clip_refs) + list(ident_refs) + list(shard_refs)
+                               + quality.refs(), num_returns=1, timeout=POLL_S)
             for ref in done:
+                if quality.ready(ref):
+                    continue
                 if ref in clip_refs:
-                    state, clip = clip_refs.pop(ref)
+                    state, clip, key = clip_refs.pop(ref)
+                    times.done(key)
                     try:
                         outcome = ray.get(ref, timeout=60)
                     except TaskCancelledError:
@@ -425,19 +660,23 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
                             Reason.VIDEO_TIMEOUT, f"analysis did not return within {limit_s:.0f} "
                             "s; its worker was stopped")
                     except (RayError, GetTimeoutError) as err:
+                        if bf.is_output_full(err):
+                            # The output's failure, not the clip's: the build stops (exit 3).
+                            raise _output_error(err) from None
                         outcome = _crashed(err)
                     clip_done(state, clip, outcome)
                 elif ref in ident_refs:
                     state, _ = ident_refs.pop(ref)
+                    quality.forget(ref)
                     try:
                         identity_done(state, ray.get(ref, timeout=60))
                     except (RayError, GetTimeoutError) as err:
                         if _actor_lost(err) and not state.retried_locally:
                             # Its quality actor is gone (node lost, never placed): the finish
                             # task scores the crops itself.
-                            state.retried_locally = True
-                            submit_identity(state, local=True)
+                            retry_locally(state)
                         else:
+                            state.stage3 = None
                             results.pop(state.spec.name, None)
                             fail_shard(state.spec, f"identity {state.ident.identity_id}: {err}")
                 else:
@@ -451,11 +690,16 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
                         progress.shard(len(spec.identities))
                     except (RayError, GetTimeoutError) as err:
                         fail_shard(spec, str(err))
-            # Time limits read one marker file per clip in flight (on a shared filesystem), and
-            # the cluster's CPUs are looked up: once per POLL_S, not after every finished task.
+            # Time limits and the cluster's CPUs: once per POLL_S, not after every finished task.
             if time.monotonic() - last_check >= POLL_S:
-                running = _enforce_limits(folder, clip_refs, ident_refs, shard_refs, limit_s,
+                times.refresh([key for _, _, key in clip_refs.values()])
+                running = _enforce_limits(times, clip_refs, ident_refs, shard_refs, limit_s,
                                           fail_shard)
+                for report in quality.overdue():
+                    if report in ident_refs:      # its finish waits on the scores: given up
+                        state, _ = ident_refs.pop(report)
+                        ray.cancel(report)
+                        retry_locally(state)
                 cpus = cluster_cpus()
                 cpu_samples.append((time.time(), cpus))
                 last_check = time.monotonic()
@@ -477,8 +721,10 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     finally:
         progress.close()
         pool.close()
-        # Markers of clips whose workers were killed (timeouts, crashes) are stale now.
-        shutil.rmtree(folder.manifests_dir / bf.INFLIGHT_DIR, ignore_errors=True)
+        try:
+            ray.kill(clock)
+        except Exception:  # noqa: BLE001 - Ray already gone (interrupted): so is the clock
+            pass
     run.notes = list(pool.notes)
     run.cpus = _mean_cpus(cpu_samples, time.time())
     run.placement = {stage: dict(counts) for stage, counts in placement.items()}
@@ -486,6 +732,16 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     run.placement["analysis_providers"] = dict(providers)
     run.placement["quality"] = [d.get("node") for d in pool.described]
     return run
+
+
+def _output_error(err: BaseException) -> OSError:
+    """The OSError of an output that refuses writes, out of a task's error (`err.cause`)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in bf.OUTPUT_FULL_ERRNOS:
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return OSError(errno.ENOSPC, str(err).splitlines()[-1] if str(err) else "output full")
 
 
 def _actor_lost(err: BaseException) -> bool:
@@ -518,19 +774,16 @@ def _stalled_message(config: BuildConfig, waiting: int, pool) -> str:
             "are kept.")
 
 
-def _enforce_limits(folder: bf.BuildFolder, clip_refs: dict, ident_refs: dict, shard_refs: dict,
+def _enforce_limits(times: _ClipTimes, clip_refs: dict, ident_refs: dict, shard_refs: dict,
                     limit_s: float, fail_shard) -> bool:
-    """Cancel clips past their time limit (counted from when a worker started them) and give
-    up on shards whose identity or shard task runs past ASSEMBLY_TIMEOUT_S; True when some
-    clip is running."""
+    """Cancel clips past their time limit (counted from when a worker started them, as the
+    clip clock says: `times`) and give up on shards whose identity or shard task runs past
+    ASSEMBLY_TIMEOUT_S; True when some clip is running."""
     import ray
 
-    now = time.time()
-    running = False
-    for ref, (_state, clip) in list(clip_refs.items()):
-        marker = read_inflight(folder, clip)
-        running = running or marker is not None
-        if marker and now - float(marker.get("started", now)) > limit_s:
+    late_clips = times.overdue(limit_s)
+    for ref, (_state, _clip, key) in list(clip_refs.items()):
+        if key in late_clips:
             ray.cancel(ref, force=True)        # kills the worker; met as TaskCancelledError
     late = f"did not finish within {ASSEMBLY_TIMEOUT_S:.0f} s"
     for ref, (state, submitted) in list(ident_refs.items()):
@@ -543,4 +796,4 @@ def _enforce_limits(folder: bf.BuildFolder, clip_refs: dict, ident_refs: dict, s
             ray.cancel(ref, force=True)
             shard_refs.pop(ref)
             fail_shard(spec, f"writing the shard {late}")
-    return running
+    return bool(times.since)

@@ -28,9 +28,10 @@ clip's analysis is done, so a killed build restarted later analyses only the cli
 none; a work file of another format (an older build) is analysed again. It is read once, by its
 identity's stage; the shard deletes its work files after the shard is committed.
 
-While a clip is analysed, `manifests/.inflight/<clip hash>.json` names the clip, the worker's
-pid and the start time: the driver's per-clip time limit counts from there, and a worker that
-dies is known by the clip it was on.
+Nothing is written while a clip is analysed: the driver learns when a worker started a clip
+from the executor's clip clock (`curation.executor.pool`), not from files, so worker nodes
+need share no filesystem with the driver. An output that refuses the work file
+(`bf.is_output_full`) is the output's failure, not the clip's: `analyze_clip` raises it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -80,18 +80,6 @@ def work_dir(folder: bf.BuildFolder, shard: str) -> Path:
 
 def work_path(folder: bf.BuildFolder, shard: str, clip: ClipRecord) -> Path:
     return work_dir(folder, shard) / f"{_clip_hash(clip)}.tar"
-
-
-def inflight_marker(folder: bf.BuildFolder, clip: ClipRecord) -> Path:
-    return folder.manifests_dir / bf.INFLIGHT_DIR / f"{_clip_hash(clip)}.json"
-
-
-def read_inflight(folder: bf.BuildFolder, clip: ClipRecord) -> dict[str, Any] | None:
-    """The marker of a clip being analysed ({'clip', 'pid', 'started'}), or None."""
-    try:
-        return json.loads(inflight_marker(folder, clip).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass
@@ -150,28 +138,31 @@ def load_models(analysis: AnalysisConfig, identity: IdentityConfig) -> dict[str,
 def analyze_clip(analysis: AnalysisConfig, identity: IdentityConfig, folder: bf.BuildFolder,
                  shard: str, clip: ClipRecord) -> ClipOutcome:
     """Analyse one clip into its work file (reused when it exists and has this version's
-    format); never raises. `analysis` and `identity` are the build's sections of those names."""
+    format). Raises only the OSError of an output that refuses writes (`bf.is_output_full`);
+    any other failure is the clip's outcome. `analysis` and `identity` are the build's
+    sections of those names."""
     path = work_path(folder, shard, clip)
     if bf.exists(path):
         try:
             return read_outcome(path)
         except Exception:  # noqa: BLE001 - an unreadable cache entry is simply redone
             bf.remove(path)
-    marker = inflight_marker(folder, clip)
-    bf.atomic_write(marker, json.dumps({"shard": shard, "clip": clip_key(clip),
-                                        "pid": os.getpid(), "started": time.time()}))
     started = time.monotonic()
     try:
         result = _analyzer(analysis, identity).analyze_clip(clip)
         outcome = _outcome_of(result, time.monotonic() - started)
-        write_work(path, result, outcome)
-        outcome.work = str(path)
     except Exception as err:  # noqa: BLE001 - one bad clip must not lose the identity
         _ANALYZERS.clear()      # a fresh analyzer for the next clip
-        outcome = ClipOutcome.failed(Reason.INTERNAL_ERROR, describe(err),
-                                     time.monotonic() - started)
-    finally:
-        marker.unlink(missing_ok=True)
+        return ClipOutcome.failed(Reason.INTERNAL_ERROR, describe(err),
+                                  time.monotonic() - started)
+    try:
+        write_work(path, result, outcome)
+    except Exception as err:  # noqa: BLE001 - the output's failure is raised, not recorded
+        if bf.is_output_full(err):
+            raise               # the build stops (exit 3); a rerun analyses the clip again
+        return ClipOutcome.failed(Reason.INTERNAL_ERROR, describe(err),
+                                  time.monotonic() - started)
+    outcome.work = str(path)
     return outcome
 
 
