@@ -21,7 +21,13 @@ import numpy as np
 
 from mfhq_contract.errors import MissingWeightsError
 from mfhq_faces.geometry import Box
-from mfhq_faces.onnx_runtime import CUDA_PROVIDER, OnnxDevice, provider_of, session_providers
+from mfhq_faces.onnx_runtime import (
+    CUDA_PROVIDER,
+    OnnxDevice,
+    provider_of,
+    session_options,
+    session_providers,
+)
 
 
 class DetectorKind(StrEnum):
@@ -115,13 +121,16 @@ class ScrfdFaceDetector:
     name = DetectorKind.INSIGHTFACE.value
 
     def __init__(self, onnx_path: str | Path, det_thresh: float = 0.5, input_size: int = 640,
-                 max_faces: int = 20, device: str = OnnxDevice.AUTO):
+                 max_faces: int = 20, device: str = OnnxDevice.AUTO,
+                 threads: int | None = None):
         from insightface.model_zoo import get_model
         from insightface.model_zoo.scrfd import SCRFD
 
         self.model_path = str(onnx_path)
         providers = session_providers(device)
-        model = get_model(self.model_path, providers=providers)
+        # threads: CPU threads of the session (None: onnxruntime's default; session_options)
+        model = get_model(self.model_path, providers=providers,
+                          sess_options=session_options(threads))
         if not isinstance(model, SCRFD):
             raise ValueError(f"{onnx_path} is not an SCRFD detector (insightface routed it to "
                              f"{type(model).__name__})")
@@ -148,11 +157,13 @@ class ScrfdFaceDetector:
 
 
 def make_detector(kind: str, insightface_root: str | None = None,
-                  device: str = OnnxDevice.AUTO):
+                  device: str = OnnxDevice.AUTO, threads: int | None = None):
+    """`threads`: SCRFD's onnxruntime CPU threads (None: its default); mediapipe's are its own."""
     if kind == DetectorKind.INSIGHTFACE:
         if not insightface_root:
             raise ValueError("--face-detector insightface needs --insightface-root")
-        return ScrfdFaceDetector(scrfd_model_path(insightface_root), device=device)
+        return ScrfdFaceDetector(scrfd_model_path(insightface_root), device=device,
+                                 threads=threads)
     if kind == DetectorKind.MEDIAPIPE:
         return MediapipeFaceDetector()
     raise ValueError(f"unknown face detector {kind!r}; choose insightface or mediapipe")

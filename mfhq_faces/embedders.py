@@ -33,7 +33,13 @@ import numpy as np
 
 from mfhq_contract.errors import MissingWeightsError
 from mfhq_faces.align import ALIGN_TEMPLATE, ALIGNED_FACE_BOX
-from mfhq_faces.onnx_runtime import CUDA_PROVIDER, OnnxDevice, provider_of, session_providers
+from mfhq_faces.onnx_runtime import (
+    CUDA_PROVIDER,
+    OnnxDevice,
+    provider_of,
+    session_options,
+    session_providers,
+)
 
 
 class IdentityModel(StrEnum):
@@ -86,7 +92,8 @@ class ArcFaceEmbedder:
 
     model = IdentityModel.ARCFACE
 
-    def __init__(self, onnx_path: str | Path, device: str = OnnxDevice.AUTO):
+    def __init__(self, onnx_path: str | Path, device: str = OnnxDevice.AUTO,
+                 threads: int | None = None):
         from insightface.model_zoo import get_model
         from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 
@@ -97,7 +104,8 @@ class ArcFaceEmbedder:
                 f"w600k_r50.onnx (unpack buffalo_l.zip, or run `mfhq models`); dlib's offline "
                 f"recogniser needs no file.")
         providers = session_providers(device)
-        model = get_model(str(path), providers=providers)
+        # threads: CPU threads of the session (None: onnxruntime's default; session_options)
+        model = get_model(str(path), providers=providers, sess_options=session_options(threads))
         if not isinstance(model, ArcFaceONNX):
             raise ValueError(f"{path} is not an ArcFace recognizer (insightface routed it to "
                              f"{type(model).__name__})")
@@ -187,11 +195,12 @@ Embedder = ArcFaceEmbedder | DlibEmbedder
 
 def make_embedder(model: str, insightface_root: str | Path | None = None,
                   weights: str | Path | None = None,
-                  device: str = OnnxDevice.AUTO) -> Embedder | None:
-    """The embedder of `model` (None for `none`); MissingWeightsError when its file is absent."""
+                  device: str = OnnxDevice.AUTO, threads: int | None = None) -> Embedder | None:
+    """The embedder of `model` (None for `none`); MissingWeightsError when its file is absent.
+    `threads`: ArcFace's onnxruntime CPU threads (None: its default)."""
     if model == IdentityModel.ARCFACE:
         return ArcFaceEmbedder(arcface_model_path(insightface_root or "~/.insightface",
-                                                  weights), device=device)
+                                                  weights), device=device, threads=threads)
     if model == IdentityModel.DLIB:
         return DlibEmbedder()
     if model == IdentityModel.NONE:

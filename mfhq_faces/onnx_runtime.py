@@ -7,6 +7,13 @@ behind it, and the CPU otherwise; `cpu` always the CPU; `cuda` refuses to start 
 rather than run a GPU build on CPUs by surprise. A session built with CUDA that cannot create it
 (no driver on this node) falls back to the CPU inside onnxruntime; `provider_of(session)` says
 which one a model really got, for run.json and the summary.
+
+`session_options(threads)` is how many CPU threads a session computes with: `threads` for its
+operators (intra-op) and one between them (the models run sequentially), or onnxruntime's own
+default (one per physical core, spinning while it waits for work) when `threads` is None. A
+process that holds one CPU of a shared machine (a Ray analysis task) asks for 1: onnxruntime's
+default there puts a second spinning thread on a core another worker computes on (issue 22: the
+stand-in SCRFD cost 2x the CPU per frame with the default on 2 cores).
 """
 
 from __future__ import annotations
@@ -49,6 +56,19 @@ def session_providers(device: str = OnnxDevice.AUTO) -> list[str]:
     import onnxruntime
 
     return choose_providers(onnxruntime.get_available_providers(), device)
+
+
+def session_options(threads: int | None = None):
+    """onnxruntime SessionOptions computing on `threads` CPU threads (None: onnxruntime's
+    default, a thread per physical core); pass as get_model's / InferenceSession's
+    `sess_options`."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1   # sequential execution: no second pool to size
+    return options
 
 
 def provider_of(session) -> str:

@@ -11,7 +11,10 @@ in `describe()` rather than failing every identity). Without GPUs, `--quality-ac
 (default: one per 8 CPUs of the cluster, at least one) serve the whole build; they reserve no
 CPU: they take CPU only when they compute, beside the tasks that hold the CPUs (on a busy node
 one process more than its CPUs for as long as a request takes, rather than a core reserved and
-idle for the whole build).
+idle for the whole build). Every actor computes on one torch thread
+(`curation.faces.quality.SCORER_THREADS`, set where its model loads): the one CPU it computes
+with. torch's own default is a thread per core of the node, which on a node busy with analysis
+tasks only contends with them (issue 22).
 
 The build does not wait for the actors: `launch` returns at once, analysis starts while the
 actors load their models, and an identity's first request waits (bounded) for its actor. The
@@ -57,7 +60,7 @@ class QualityActor:
             from mfhq_contract.terminal import send_process_output_to
 
             send_process_output_to(logs_dir)
-        self.local = LocalScorer(quality, device)
+        self.local = LocalScorer(quality, device)   # torch threads: SCORER_THREADS
         self.spans: list[tuple[float, float]] = []
 
     def describe(self) -> dict[str, Any]:

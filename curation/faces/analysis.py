@@ -15,6 +15,10 @@ Whether the clip's person is the identity's person is decided per identity, acro
 person of a hint-less clip with two people of similar size: both tracks stay candidates marked
 `contested` (track 0 and 1) instead of the whole clip becoming `ambiguous_target`; a consumer of
 usable faces must run the identity check before selection.
+
+Threads: an analyzer computes on `AnalysisConfig.threads` CPU threads (default 1, the one CPU a
+Ray analysis task holds): the decoder, OpenCV (set for the whole process when the analyzer
+loads) and the onnxruntime sessions of SCRFD and ArcFace; mediapipe's graphs keep their own.
 """
 
 from __future__ import annotations
@@ -78,7 +82,11 @@ class AnalysisConfig:
     onnx_device: str = OnnxDevice.AUTO
     insightface_root: str | None = None   # holds models/buffalo_l/ (default: ~/.insightface)
     clip_time_limit_s: float = 300.0  # per-clip budget; exceeding -> Reason.VIDEO_TIMEOUT
-    threads: int = 1                  # decoder and OpenCV threads (the Ray job runs one per CPU)
+    # CPU threads of everything the analyzer computes with: the decoder, OpenCV and the ONNX
+    # sessions (SCRFD, ArcFace). 1 because the build runs one analysis task per CPU Ray gives
+    # it (num_cpus=1): a library's own default (a thread per core) puts threads of every
+    # worker on every core, where they only contend (issue 22). mediapipe sizes its own.
+    threads: int = 1
     frames_per_chunk: int = 8         # full-resolution frames held at once
     max_faces_per_frame: int = 5      # largest faces per frame that get landmarks
 
@@ -192,13 +200,14 @@ class FaceAnalyzer:
     def __init__(self, config: AnalysisConfig, identity: IdentityConfig | None = None):
         self.config = config
         self.identity = identity
+        # process-wide: OpenCV's pool serves every task this worker runs after this one too
         cv2.setNumThreads(max(1, config.threads))
         self.detector = make_detector(config.face_detector, config.insightface_dir(),
-                                      device=config.onnx_device)
+                                      device=config.onnx_device, threads=config.threads)
         # None: no embeddings (no identity config, or --identity-model none)
         self.embedder = (make_embedder(identity.model, config.insightface_dir(),
                                        local_weights(identity.weights),   # a URL: fetched once
-                                       device=config.onnx_device)
+                                       device=config.onnx_device, threads=config.threads)
                          if identity is not None else None)
         self.landmarker = FaceMeshLandmarker()
         self._oval = face_oval_indices()

@@ -9,6 +9,9 @@ differences that keep it offline: the backbone is not fetched from timm's hub
 file (`pretrained_model_path`), and the registered `model_name` does not contain "gfiqa" (that
 would build facexlib's face aligner, which downloads two more files and accepts batch size 1
 only; our crops are already aligned, so it is not needed).
+
+Threads: a scorer sets torch's intra-op threads for its whole process to `threads` when it
+loads (default SCORER_THREADS, 1); None leaves torch's own setting.
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ class QualityConfig:
     weights: str | None = None      # TOPIQ checkpoint; default: pyiqa's cache location
     batch_size: int = 8             # crops per forward pass (does not change the scores)
 TOPIQ_INPUT_SIZE = 512
+# torch threads of a scorer's process. 1: the build scores in a Ray worker that holds one CPU
+# (a finish task's own scoring) or in a quality actor that computes on one (a CPU actor holds
+# none and computes beside the tasks; a GPU actor holds one for the host side). More threads
+# than the CPUs a process was given only contend with the analysis workers on the same cores
+# (issue 22).
+SCORER_THREADS = 1
 # The file name pyiqa gives the TOPIQ-face checkpoint in its cache folder.
 _OFFLINE_MODEL_NAME = "topiq_nr_face_res50_local"   # no "gfiqa": see the module docstring
 
@@ -93,11 +102,16 @@ class QualityScorer:
     """Batched quality scores of aligned RGB face crops (uint8, H x W x 3)."""
 
     def __init__(self, model: str = TOPIQ_FACE, weights: str | None = None,
-                 device: str = "cpu", batch_size: int = 8):
+                 device: str = "cpu", batch_size: int = 8,
+                 threads: int | None = SCORER_THREADS):
         if model not in SUPPORTED_MODELS:
             raise ValueError(f"unknown quality model {model!r}; choose one of {SUPPORTED_MODELS}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import pyiqa.default_model_configs as configs
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(max(1, int(threads)))   # process-wide, before the first batch
 
         model = QualityModel(model).value
         self.model_name = model
@@ -117,9 +131,10 @@ class QualityScorer:
         self._network.eval()
 
     @classmethod
-    def from_config(cls, config: QualityConfig, device: str = "cpu") -> QualityScorer:
+    def from_config(cls, config: QualityConfig, device: str = "cpu",
+                    threads: int | None = SCORER_THREADS) -> QualityScorer:
         return cls(model=config.model, weights=config.weights, device=device,
-                   batch_size=config.batch_size)
+                   batch_size=config.batch_size, threads=threads)
 
     def _load_topiq(self, weights: str | None):
         if weights:
