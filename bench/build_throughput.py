@@ -18,7 +18,11 @@ crops, 6 sampled frames/s; PIQE, or TOPIQ-face where its weights are present):
           the model check, Ray's start and the actors' loading overlapping: the build's own
           timeline in run.json) is reported separately; the "excl. start-up" rows subtract it.
           From the same timeline: the analysis stage's busy CPU-s per sampled frame (against the
-          floor's seconds per frame) and the CPU-s left idle during the working phase.
+          floor's seconds per frame) and the CPU-s left idle during the working phase. Those
+          spans are wall-clock time, which grows when processes wait for a core; "process CPU"
+          is the CPU time (every thread) of the build's processes, read from /proc while it
+          runs (`ProcessCpu`), by kind (analysis, quality, Ray's daemons, worker start-up, ...),
+          against the floor's own CPU time: work, whatever the contention.
   naive   written here: decode every frame, analyse every frame (detection, landmarks, pose,
           alignment), score quality on every candidate, then select with the same pose clusters
           and choice rule. Slow, so it runs on an evenly spread subset of the identities and its
@@ -73,6 +77,8 @@ TARGET_SCALING = 1.7
 TARGET_WHOLE_OVER_FLOOR = 1.5      # whole build, start-up included, most workers / floor
 TARGET_ANALYSIS_PER_FRAME = 1.3    # analysis busy CPU-s per frame / floor s per frame
 TARGET_IDLE = 0.10                 # idle CPU-s / (CPUs x working phase)
+# ProcessCpu entries that are not CPU the build spent (the bench's own sampler, a count)
+PROCESS_CPU_NOT_WORK = ("sampler", "analysis worker threads (most)")
 QUALITY_TOLERANCE = 0.05   # "same" selected quality: within 5 % of naive's mean
 DEMO_SAMPLE_FPS = float(DEMO_BUILD_FLAGS[DEMO_BUILD_FLAGS.index("--sample-fps") + 1])
 
@@ -106,6 +112,10 @@ class StageResult:
     seconds: float
     quality_calls: int = 0
     note: str = ""
+    # CPU-s (every thread) by kind of process: the floor's own process, or the build's
+    # processes as ProcessCpu saw them (analysis, quality, ...)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_note: str = ""       # Ray's daemons by name, worker processes started
 
     @property
     def frames_per_s(self) -> float:
@@ -254,7 +264,7 @@ def run_floor(identities: list[IdentityPlan], analysis: AnalysisConfig,
     frames = clips = faces = failed = 0
     if barrier is not None:
         barrier.wait()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for ident in identities:
         for clip in ident.clips:
             clips += 1
@@ -281,11 +291,12 @@ def run_floor(identities: list[IdentityPlan], analysis: AnalysisConfig,
             except DecodeError:
                 failed += 1
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     detector.close()
     landmarker.close()
     note = f"{faces} faces with landmarks" + (f", {failed} clips undecodable" if failed else "")
     return StageResult("floor (sampled decode + detect + landmarks)", len(identities), clips,
-                       frames, seconds, 0, note)
+                       frames, seconds, 0, note, cpu_s={"floor": cpu})
 
 
 _BARRIER = None
@@ -329,6 +340,108 @@ def startup_seconds(timings: dict[str, float]) -> float:
     return timings.get("startup", 0.0)
 
 
+class ProcessCpu:
+    """CPU-s (user + system, every thread) of this process and all its descendants (Ray's
+    daemons, its workers, the quality actors) while a build runs, by kind of process: a
+    background thread reads /proc every SAMPLE_S and gives each process's CPU since its last
+    sample to what its title says it was doing (a task that started or ended in between gets
+    the whole interval, IDLE only when it was idle at both ends). CPU time, unlike the
+    timeline's wall-clock spans, does not grow when processes wait for a core: what it says
+    is the work done, and per analysis worker the most threads it had (Linux only; empty
+    elsewhere)."""
+
+    SAMPLE_S = 0.25
+    TASKS = {"ray::_analysis_task": "analysis", "ray::QualityActor": "quality",
+             "ray::IDLE": "idle workers", "ray::_prepare_task": "identity tasks",
+             "ray::_finish_task": "identity tasks", "ray::_shard_task": "shard writes",
+             "ray::_warm_task": "warm-up"}
+
+    def __init__(self):
+        import threading
+
+        self.cpu_s: dict[str, float] = {}
+        self.daemons: dict[str, float] = {}   # "ray daemons" by process name
+        self.workers: set[int] = set()        # worker and actor processes seen
+        self.max_threads: dict[str, int] = {}
+        self._last: dict[int, tuple[float, str]] = {}
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-process-cpu", daemon=True)
+        self.own_cpu_s = 0.0          # the sampler's own cost (it runs in the driver)
+
+    def __enter__(self) -> ProcessCpu:
+        if Path("/proc/self/stat").exists():
+            self.sample(count=False)      # what this process spent before the build is not its
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def kind(self, pid: int, title: str) -> str:
+        if pid == os.getpid():
+            return "driver"
+        for prefix, kind in self.TASKS.items():
+            if title.startswith(prefix):
+                return kind
+        return "ray daemons"          # raylet, gcs_server, dashboard, agents, log monitor
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.SAMPLE_S):
+            started = time.thread_time()
+            self.sample()
+            self.own_cpu_s += time.thread_time() - started
+        self.sample()
+
+    def sample(self, count: bool = True) -> None:
+        stats: dict[int, tuple[int, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._hz)
+        mine, frontier = set(), [os.getpid()]
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        while frontier:
+            pid = frontier.pop()
+            mine.add(pid)
+            frontier.extend(children.get(pid, []))
+        for pid in mine:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().decode(errors="replace").split("\0")
+                threads = len(os.listdir(f"/proc/{pid}/task"))
+            except OSError:
+                continue
+            title = argv[0]
+            cpu = stats[pid][1]
+            last_cpu, last_title = self._last.get(pid, (0.0, title))   # new: all it spent
+            self._last[pid] = (cpu, title)
+            if not count:
+                continue
+            kinds = (self.kind(pid, last_title), self.kind(pid, title))
+            kind = kinds[1] if kinds[0] == "idle workers" else kinds[0]
+            self.cpu_s[kind] = self.cpu_s.get(kind, 0.0) + cpu - last_cpu
+            if kind == "ray daemons":     # which of them: raylet, gcs_server, dashboard, ...
+                name = Path(title.split()[0]).name if title.strip() else "?"
+                if name.startswith("python"):
+                    name = Path(next((a for a in argv[1:] if a.endswith(".py")), name)).name
+                self.daemons[name] = self.daemons.get(name, 0.0) + cpu - last_cpu
+            if title.startswith("ray::") and kinds[1] != "ray daemons":
+                self.workers.add(pid)
+            if kinds[1] == "analysis":
+                self.max_threads["analysis"] = max(self.max_threads.get("analysis", 0),
+                                                   threads)
+
+
 def run_ours(build: BuildConfig) -> tuple[StageResult, dict[str, float], float, dict]:
     """The whole build in a fresh output folder; (result, build timings, start-up s, the
     build's timeline from run.json)."""
@@ -338,7 +451,8 @@ def run_ours(build: BuildConfig) -> tuple[StageResult, dict[str, float], float, 
     if output.exists():
         shutil.rmtree(output)
     started = time.perf_counter()
-    summary = run_build(build)
+    with ProcessCpu() as cpu:
+        summary = run_build(build)
     seconds = time.perf_counter() - started
     if not summary.ok:
         raise RuntimeError("the build failed:\n" + format_summary(summary))
@@ -351,7 +465,13 @@ def run_ours(build: BuildConfig) -> tuple[StageResult, dict[str, float], float, 
         len(analysed), int(analysed["frames_decoded"].fillna(0).sum()), seconds,
         int(idents["n_scored"].fillna(0).sum()),
         f"{summary.counts['identities_kept']} kept; start-up {startup:.1f} s incl.; clip "
-        f"analysis {analysed['analysis_seconds'].fillna(0).sum():.1f} worker-s")
+        f"analysis {analysed['analysis_seconds'].fillna(0).sum():.1f} worker-s",
+        cpu_s={**cpu.cpu_s, "sampler": cpu.own_cpu_s,
+               "driver": cpu.cpu_s.get("driver", 0.0) - cpu.own_cpu_s,   # less the sampler
+               "analysis worker threads (most)": cpu.max_threads.get("analysis", 0)},
+        cpu_note=f"{len(cpu.workers)} worker/actor processes; Ray's daemons: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in sorted(cpu.daemons.items(), key=lambda kv: -kv[1])
+            if v >= 0.05))
     return result, summary.timings, startup, summary.timeline
 
 
@@ -578,6 +698,14 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
                 analysis["busy_s"] / result.frames / floor_s_per_frame)
         if timeline.get("idle_fraction") is not None:
             figures[f"idle_{n}w"] = timeline["idle_fraction"]
+        if result.cpu_s.get("analysis") and floor.cpu_s.get("floor") and result.frames:
+            # CPU time, not wall: the work an analysed frame took, whatever the contention
+            figures[f"analysis_cpu_per_frame_over_floor_{n}w"] = (
+                result.cpu_s["analysis"] / result.frames
+                / (floor.cpu_s["floor"] / max(floor.frames, 1)))
+            figures[f"build_cpu_over_floor_{n}w"] = (
+                sum(v for k, v in result.cpu_s.items() if k not in PROCESS_CPU_NOT_WORK)
+                / floor.cpu_s["floor"])
     if floor_parallel is not None:
         figures["machine_scaling_floor"] = floor.seconds / floor_parallel.seconds
     if naive is not None:
@@ -602,6 +730,21 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
                   + " ".join(f"{v:.1f}" for v in timeline["idle_cpu_s_by_tenth"]) + "; busy: "
                   + ", ".join(f"{k} {v['busy_s']:.1f} s ({v['spans']})"
                               for k, v in timeline["stages"].items()))
+    print(f"floor process CPU: {floor.cpu_s.get('floor', float('nan')):.1f} CPU-s "
+          f"({1000 * floor.cpu_s.get('floor', float('nan')) / max(floor.frames, 1):.1f} "
+          f"ms/frame) in {floor.seconds:.1f} s")
+    for n, (result, _, _, _) in sorted(ours.items()):
+        if result.cpu_s:
+            work = {k: v for k, v in result.cpu_s.items() if k not in PROCESS_CPU_NOT_WORK}
+            print(f"process CPU, {n} worker(s): {sum(work.values()):.1f} CPU-s of "
+                  f"{n} x {result.seconds:.1f} s: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in sorted(work.items(),
+                                                                  key=lambda kv: -kv[1]))
+                  + f" (analysis {1000 * work.get('analysis', 0) / max(result.frames, 1):.1f} "
+                  f"ms/frame; bench sampler {result.cpu_s.get('sampler', 0):.2f} CPU-s of the "
+                  f"driver's; an analysis worker had at most "
+                  f"{result.cpu_s.get('analysis worker threads (most)', 0):.0f} threads)")
+            print(f"  {result.cpu_note}")
     quality_ok = pose_ok = None
     if naive is not None:
         print()
@@ -637,6 +780,10 @@ def run(config: CurationBenchConfig) -> dict[str, float]:
         print(verdict(f"analysis busy CPU-s per frame / floor's, {n} worker(s)",
                       figures.get(f"analysis_per_frame_over_floor_{n}w", float("nan")),
                       TARGET_ANALYSIS_PER_FRAME, False))
+        print(f"  in process CPU time (no waiting for a core): "
+              f"{figures.get(f'analysis_cpu_per_frame_over_floor_{n}w', float('nan')):.2f}; "
+              f"the whole build's CPU / the floor's: "
+              f"{figures.get(f'build_cpu_over_floor_{n}w', float('nan')):.2f}")
         print(verdict(f"idle CPU share of the working phase, {n} worker(s)",
                       figures.get(f"idle_{n}w", float("nan")), TARGET_IDLE, False))
     print(verdict("2 workers / 1 worker (excl. start-up)", figures["scaling_2_vs_1"],
