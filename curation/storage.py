@@ -71,6 +71,7 @@ from typing import BinaryIO
 
 from curation.errors import SourceError
 from mfhq_contract.storage import (
+    add_options_argument,
     filesystem,
     is_url,
     local_path,
@@ -80,7 +81,7 @@ from mfhq_contract.storage import (
     set_options,
 )
 
-__all__ = ["check_store_root", "filesystem", "is_url", "list_files", "local_path",
+__all__ = ["add_options_argument", "check_store_root", "filesystem", "is_url", "list_files", "local_path",
            "local_video", "local_weights", "open_binary", "options", "parse_byte_count",
            "parse_options", "read_bytes", "scheme", "scratch_dir", "set_options",
            "video_cache_bytes", "video_cache_dir"]

@@ -46,6 +46,16 @@ def parse_options(options: dict | str | None) -> dict:
     return dict(options or {})
 
 
+def add_options_argument(parser, what: str) -> None:
+    """The one `--storage-options JSON` flag of every command (`what`: the URLs it serves)."""
+    parser.add_argument(
+        "--storage-options", dest="storage_options", default=None, metavar="JSON",
+        help=f"fsspec storage options for {what}, as a JSON object, e.g. "
+             "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' (default: the store's standard "
+             "configuration; for S3 the AWS_* environment, profiles, instance roles). Their values "
+             "are never written into any file")
+
+
 def set_options(options: dict | str | None) -> None:
     """Process-wide fsspec storage options, inherited by child processes (see the module doc)."""
     global _options

@@ -86,8 +86,7 @@ def build_parser(prog: str = "python -m training.encode") -> argparse.ArgumentPa
     p.add_argument("--out", required=True, help="output file, .pt or .npy")
     p.add_argument("--no-ema", action="store_true", help="use raw, not EMA, encoder weights")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--storage-options", default="",
-                   help="JSON of fsspec options for an s3:// / gs:// --checkpoint")
+    storage.add_options_argument(p, "an s3:// / gs:// --checkpoint")
     p.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     return p
 

@@ -342,8 +342,7 @@ def build_parser(prog: str = "python -m training.eval") -> argparse.ArgumentPars
     p.add_argument("--out", help="also append the rows to this JSONL file")
     p.add_argument("--json", action="store_true",
                    help="print one JSON row per k (every metric) instead of the table")
-    p.add_argument("--storage-options", default="",
-                   help="JSON of fsspec options for s3:// / gs:// URLs (endpoint, profile, ...)")
+    storage.add_options_argument(p, "an s3:// / gs:// --checkpoint or test shards")
     p.add_argument("--log-file", default="",
                    help="where mediapipe / TF Lite messages go (default: TMPDIR/mfhq-eval.log)")
     p.add_argument("--verbose", action="store_true",

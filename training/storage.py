@@ -27,9 +27,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mfhq_contract.storage import filesystem, is_url, local_path, options, scheme, set_options
+from mfhq_contract.storage import (
+    add_options_argument,
+    filesystem,
+    is_url,
+    local_path,
+    options,
+    scheme,
+    set_options,
+)
 
-__all__ = ["RunDir", "exists", "is_url", "join", "local_copy", "open_shard", "options",
+__all__ = ["RunDir", "add_options_argument", "exists", "is_url", "join", "local_copy", "open_shard", "options",
            "read_bytes", "read_head", "register_webdataset_schemes", "scheme",
            "set_options", "size"]
 

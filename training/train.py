@@ -155,9 +155,7 @@ def build_parser(prog: str = "python -m training.train") -> argparse.ArgumentPar
         else:
             p.add_argument(flag.name, type=flag.type, choices=flag.choices, help=shown)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--storage-options", default="",
-                   help="JSON of fsspec options for s3:// / gs:// URLs in --shards, --out, --init "
-                        "(endpoint, profile, ...); default: the store's standard configuration")
+    storage.add_options_argument(p, "s3:// / gs:// URLs in --shards, --out, --init")
     p.add_argument("--log-file", default="",
                    help="where library messages (mediapipe / TF Lite) go (default: "
                         "OUT/mfhq-train.log, or TMPDIR/mfhq-train.log when --out is a URL)")

@@ -38,6 +38,7 @@ from curation.takedowns import (
     removed_hashes,
     row_ids,
 )
+from mfhq_contract.storage import add_options_argument, parse_options, set_options
 
 # --- removing ids from a finished build --------------------------------------------------------
 
@@ -194,11 +195,17 @@ def build_parser(prog: str = "mfhq takedown") -> argparse.ArgumentParser:
                         "store URL (s3://bucket/mfhq)")
     p.add_argument("--reason", default=DEFAULT_REASON, metavar="TEXT",
                    help="reason recorded with each removal")
+    add_options_argument(p, "an s3:// / gs:// --output")
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "mfhq takedown") -> int:
-    config = TakedownConfig(**vars(build_parser(prog).parse_args(argv)))
+    ns = build_parser(prog).parse_args(argv)
+    try:
+        set_options(parse_options(ns.__dict__.pop("storage_options")))
+    except ValueError as err:
+        build_parser(prog).error(str(err))
+    config = TakedownConfig(**vars(ns))
     try:
         result = apply_takedown(config)
     except (SetupError, OSError) as err:

@@ -38,6 +38,7 @@ from typing import Any
 from curation import build_folder as bf
 from curation.build_folder import BuildFolders
 from curation.records import Status
+from mfhq_contract.storage import add_options_argument, parse_options, set_options
 
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_NO_BUILD = 0, 1, 2
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -470,11 +471,17 @@ def build_parser(prog: str = "mfhq verify") -> argparse.ArgumentParser:
                    help="skip decoding the crops and masks (faster; files are still hashed)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar on stderr")
+    add_options_argument(p, "an s3:// / gs:// --output")
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "mfhq verify") -> int:
-    config = VerifyConfig(**vars(build_parser(prog).parse_args(argv)))
+    ns = build_parser(prog).parse_args(argv)
+    try:
+        set_options(parse_options(ns.__dict__.pop("storage_options")))
+    except ValueError as err:
+        build_parser(prog).error(str(err))
+    config = VerifyConfig(**vars(ns))
     try:
         bf.sync_down(config.manifests_dir)    # an output on a store: its manifests, mirrored
     except Exception as err:  # noqa: BLE001 - the store's own error, said in one line

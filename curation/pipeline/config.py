@@ -243,12 +243,9 @@ def build_parser(prog: str = "mfhq build") -> argparse.ArgumentParser:
                          "./logs). A store prefix such as s3://bucket/mfhq works alike with no "
                          "shared filesystem: each node keeps a mirror of it under "
                          "$MFHQ_SCRATCH (or the temporary folder), logs stay there")
-    io.add_argument("--storage-options", dest="storage_options", default=None,
-                    metavar="JSON",
-                    help="fsspec storage options for every URL the build reads, as a JSON "
-                         "object, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}' "
-                         "(default: the store's standard configuration). Never written into "
-                         "plan.json or run.json; an embedded Ray's workers inherit them")
+    storage.add_options_argument(io, "every URL the build reads and writes (plan.json and "
+                                     "run.json record the option names only; the workers "
+                                     "get them too)")
     io.add_argument("--takedown", default=None, metavar="FILE|URL",
                     help="text file (a path or a URL) of ids to exclude, one per line ('#' "
                          "comments): identity "
