@@ -233,8 +233,9 @@ class FaceAnalyzer:
         result = ClipAnalysis(clip.clip_id, "ok", None, "", 0, 0, 0, 0.0, 0, [])
         try:
             fps_hint = clip.extra.get("fps") if isinstance(clip.extra, dict) else None
-            # a video in a store is copied to node-local scratch for this clip only (decord
-            # needs a seekable file); a failed copy is video_missing / video_unreadable
+            # a stored video comes from the node's video cache, fetched once for all the clips
+            # cut from it (decord needs a seekable file); a failed copy is video_missing /
+            # video_unreadable
             with local_video(clip.video_path, self.config.clip_time_limit_s) as video, \
                     open_frames(video, fps_hint=fps_hint,
                                 num_threads=self.config.threads) as source:
