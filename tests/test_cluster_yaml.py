@@ -55,6 +55,16 @@ def test_the_head_binds_its_dashboard_and_job_api_to_its_loopback_only(path):
 
 
 @pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_the_head_gives_the_cluster_the_raylet_settings_of_an_embedded_build(path):
+    from curation.executor.pool import RAYLET_SYSTEM_CONFIG
+
+    starts = [c for c in load(path)["head_start_ray_commands"] if "ray start" in c]
+    given = [json.loads(a.split("=", 1)[1]) for c in starts for a in shlex.split(c)
+             if a.startswith("--system-config=")]
+    assert given == [RAYLET_SYSTEM_CONFIG], f"{path.name}: {starts}"
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
 def test_gpu_nodes_run_every_common_setup_step_then_swap_in_the_gpu_onnxruntime(path):
     config = load(path)
     common = config["setup_commands"] + config.get("worker_setup_commands", [])

@@ -90,6 +90,12 @@ QUALITY_REQUEST_TIMEOUT_S = 600.0
 CLOCK_READ_TIMEOUT_S = 10.0     # one read of the clip clock; a late one is skipped, not waited on
 CLOCK_NAME = "mfhq-clip-clock"  # the clip clock's actor name in the build's job (see ClipClock)
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Ray kills a worker process that stayed idle for 1 s while more processes than CPUs exist (the
+# actors, zero-CPU shard tasks and the processes Ray starts ahead of demand push the count over),
+# and a later clip then starts a new process and loads its models again: measured on the small
+# demo build, 2-3 s of CPU per restart and a working phase twice as long. Idle workers are kept
+# for the whole build instead (they hold memory, not CPU). cluster.yaml gives its head the same.
+RAYLET_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000}
 
 
 def init_ray(config: BuildConfig) -> bool:
@@ -110,10 +116,14 @@ def init_ray(config: BuildConfig) -> bool:
         ray.init(address=config.ray.address, runtime_env=job_runtime_env(), **quiet)
     else:
         # address="local": always a fresh embedded Ray, never a stale cluster found by accident.
-        # Workers get the repo root on their path, so a plain checkout works uninstalled.
+        # Workers get the repo root on their path, so a plain checkout works uninstalled. They
+        # inherit it (and the storage options) from this process's environment, through the
+        # raylet it starts, rather than from a job runtime_env: the workers Ray prestarts for
+        # the first driver have the default runtime_env, and a job with its own would leave
+        # them idle and start as many again (measured: 2 processes more per build).
+        os.environ["PYTHONPATH"] = _pythonpath()
         ray.init(address="local", num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus,
-                 include_dashboard=False,
-                 runtime_env=job_runtime_env({"PYTHONPATH": _pythonpath()}), **quiet)
+                 include_dashboard=False, _system_config=RAYLET_SYSTEM_CONFIG, **quiet)
     return True
 
 
@@ -144,6 +154,8 @@ def job_runtime_env(env_vars: dict[str, str] | None = None) -> dict | None:
 
 def _pythonpath() -> str:
     existing = os.environ.get("PYTHONPATH")
+    if existing and str(REPO_ROOT) in existing.split(os.pathsep):
+        return existing          # a second build in this process: already there
     return f"{REPO_ROOT}{os.pathsep}{existing}" if existing else str(REPO_ROOT)
 
 
