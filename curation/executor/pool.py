@@ -638,10 +638,10 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     for spec in specs:           # a shard without identities goes at once
         if not spec.identities:
             shard_refs[write.remote(folder, spec)] = (spec, time.monotonic())
-    following = next(upcoming, None)
     last_progress = time.monotonic()
     last_check, running = 0.0, False
     try:
+        following = next(upcoming, None)
         while following is not None or clip_refs or ident_refs or shard_refs:
             max_inflight = analysis_inflight_limit(cpus)
             while following is not None and len(clip_refs) < max_inflight:
