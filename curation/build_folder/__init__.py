@@ -24,7 +24,6 @@ from curation.build_folder.files import (
     write_parquet_atomic,
 )
 from curation.build_folder.layout import (
-    INFLIGHT_DIR,
     LOGS_DIR,
     PLAN_FILE,
     RUN_FILE,
@@ -60,7 +59,7 @@ from curation.build_folder.tars import TarMember, count_samples, iter_tar, read_
 
 __all__ = [
     "OUTPUT_FULL_ERRNOS", "BuildLock", "LockLost", "OutputLocked", "is_output_full",
-    "INFLIGHT_DIR", "LOGS_DIR", "PLAN_FILE", "RUN_FILE", "SHARDS_TABLE", "BuildFolder",
+    "LOGS_DIR", "PLAN_FILE", "RUN_FILE", "SHARDS_TABLE", "BuildFolder",
     "BuildFolders", "TarMember", "atomic_write", "count_outcomes", "count_samples",
     "file_sha256", "file_sha256_or_none", "fsync_dir", "iter_manifest_batches", "iter_tar", "outcome_counts",
     "read_json", "read_manifest", "read_manifest_table", "read_part", "read_samples",

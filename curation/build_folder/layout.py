@@ -6,7 +6,6 @@
     manifests/shards.parquet                 one row per written shard
     manifests/plan.json, run.json            the plan (with the config hash) and the run record
     manifests/takedowns.parquet              salted hashes of removed ids (curation.takedowns)
-    manifests/.inflight/                     which clip each builder is on (hidden, transient)
     logs/                                    third-party output of every process (not an output)
 """
 
@@ -24,7 +23,6 @@ from mfhq_contract.storage import is_url
 PLAN_FILE = "plan.json"
 RUN_FILE = "run.json"
 SHARDS_TABLE = "shards.parquet"
-INFLIGHT_DIR = ".inflight"
 LOGS_DIR = "logs"
 
 
@@ -95,10 +93,6 @@ class BuildFolder(BuildFolders):
 
     def part_paths(self, shard: str) -> dict[str, Path]:
         return manifests.part_paths(self.manifests_dir, shard)
-
-    def inflight_marker(self, shard: str) -> Path:
-        return self.manifests_dir / INFLIGHT_DIR / manifests.part_name(shard).replace(
-            ".parquet", ".json")
 
 
 def shard_of_part(part: Path) -> str | None:

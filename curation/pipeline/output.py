@@ -19,7 +19,6 @@ set, which deletes what a build wrote and nothing else.
 from __future__ import annotations
 
 import enum
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,11 +85,9 @@ def decide_output(config: BuildConfig, folder: bf.BuildFolder, fresh: Plan,
 
 def prepare_output(config: BuildConfig, folder: bf.BuildFolder, decided: OutputPlan) -> None:
     """Clear the folder if decided, remove leftovers of killed writers, record the plan."""
-    mdir = folder.manifests_dir
     if decided.clear:
         clear_outputs(folder)
     remove_temporaries(folder)
-    shutil.rmtree(mdir / bf.INFLIGHT_DIR, ignore_errors=True)
     bf.atomic_write(folder.plan_path, plan_json_bytes(decided.plan, config.config_hash(),
                                                       config.to_json()))
 
