@@ -305,3 +305,27 @@ def test_a_task_error_caused_by_a_full_output_gives_back_the_outputs_oserror(ray
     err = _output_error(raised.value)
     assert type(err) is OSError and err.errno == errno.ENOSPC
     assert err.filename == "/out/work/x.tar" and is_output_full(err)
+
+
+def test_a_quality_actor_that_left_a_request_unanswered_is_stopped_and_said(ray_local):
+    import ray
+    from ray.exceptions import RayActorError
+
+    from curation.executor.quality_pool import QualityPool
+    from curation.faces.quality import QualityConfig, QualityModel
+    from curation.pipeline.config import RayConfig
+
+    pool = QualityPool.launch(RayConfig(quality_actors=1), QualityConfig(QualityModel.PIQE), None)
+    try:
+        stuck = pool.actor_for(0)
+        assert stuck is not None
+        pool.retire(stuck, 600.0)
+        assert all(a is not stuck for a in pool.actors)
+        assert any("did not answer within 600 s and was stopped" in n for n in pool.notes)
+        with pytest.raises(RayActorError):
+            ray.get(stuck.score_all.remote([]), timeout=60)
+        pool.retire(stuck, 600.0)              # twice, or an actor already gone: nothing more
+        pool.retire(None, 600.0)
+        assert sum("was stopped" in n for n in pool.notes) == 1
+    finally:
+        pool.close()

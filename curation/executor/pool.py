@@ -32,7 +32,9 @@ Faults: a clip whose worker dies is retried (`ANALYSIS_MAX_RETRIES`); when it di
 the clip is recorded `worker_crashed`. A clip that runs past its time limit (counted from when
 its worker started it, `--clip-time-limit` + grace) is cancelled and recorded `video_timeout`.
 A quality request that gets no answer within `QUALITY_REQUEST_TIMEOUT_S` of its crops being
-ready (a stuck or lost actor) is given up: its identity's finish task scores the crops itself.
+ready (a stuck or lost actor) is given up: its identity's finish task scores the crops itself,
+and the actor is stopped (`QualityPool.retire`; the pool starts another in its place), so no
+later identity waits the same limit on it.
 An identity or shard task that fails is retried, then its shard is reported failed. An output
 that refuses writes (`bf.is_output_full`) while a clip's work file is written stops the build
 with that OSError (the runner's exit 3): the disk's failure is never recorded as the clip's.
@@ -564,6 +566,7 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
     clock = start_clip_clock()
     times = _ClipTimes(clock)
     quality = _QualityWatch()
+    asked_actor: dict[Any, Any] = {}     # finish report -> the actor its scores were asked of
 
     left = {spec.name: len(spec.identities) for spec in specs}
     results: dict[str, list] = {spec.name: [None] * len(spec.identities) for spec in specs}
@@ -605,6 +608,7 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
         ident_refs[report] = (state, time.monotonic())
         if scores is not None:
             quality.watch(span, scores, report)
+            asked_actor[report] = actor
 
     def clip_done(state: _IdentityState, clip, outcome: ClipOutcome) -> None:
         state.outcomes[clip_key(clip)] = outcome
@@ -680,6 +684,7 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
                 elif ref in ident_refs:
                     state, _ = ident_refs.pop(ref)
                     quality.forget(ref)
+                    asked_actor.pop(ref, None)
                     try:
                         identity_done(state, ray.get(ref, timeout=60))
                     except (RayError, GetTimeoutError) as err:
@@ -708,6 +713,10 @@ def run_shards(config: BuildConfig, folder: bf.BuildFolder, specs: list[ShardSpe
                 running = _enforce_limits(times, clip_refs, ident_refs, shard_refs, limit_s,
                                           fail_shard)
                 for report in quality.overdue():
+                    # An actor that left a request unanswered this long is stuck: it is
+                    # stopped, so that no later identity waits the same limit on it (its other
+                    # requests fail at once and are scored locally as for a lost actor).
+                    pool.retire(asked_actor.pop(report, None), QUALITY_REQUEST_TIMEOUT_S)
                     if report in ident_refs:      # its finish waits on the scores: given up
                         state, _ = ident_refs.pop(report)
                         ray.cancel(report)

@@ -207,6 +207,16 @@ class QualityPool:
         if not self._pending and self.ready_s is None:
             self.ready_s = time.monotonic() - self._launched
 
+    def retire(self, actor, waited_s: float) -> None:
+        """Stop an actor that left a request unanswered for `waited_s` (None or an actor
+        already gone: nothing); later identities go to the others or score on their own CPU."""
+        if actor is None or not any(a is actor for a in self.actors):
+            return
+        self._drop(actor)
+        self.notes.append(
+            f"a quality actor did not answer within {waited_s:.0f} s and was stopped; its "
+            f"identities were scored on their own CPUs ({len(self.actors)} actors left)")
+
     def _drop(self, actor) -> None:
         import ray
 
