@@ -56,6 +56,15 @@ def add_options_argument(parser, what: str) -> None:
              "are never written into any file")
 
 
+def use_options_argument(parser, namespace) -> None:
+    """Apply a parsed `--storage-options` (`set_options`) and take it out of `namespace`; bad
+    JSON is the parser's usage error (exit 2)."""
+    try:
+        set_options(parse_options(vars(namespace).pop("storage_options", None)))
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def set_options(options: dict | str | None) -> None:
     """Process-wide fsspec storage options, inherited by child processes (see the module doc)."""
     global _options

@@ -33,7 +33,7 @@ from curation.audit.report_sheets import (
     load_mismatch_sheets,
 )
 from curation.errors import SetupError
-from mfhq_contract.storage import add_options_argument, is_url, parse_options, set_options
+from mfhq_contract.storage import add_options_argument, is_url, use_options_argument
 
 __all__ = ["ReportConfig", "choose_identities", "main", "write_report"]
 
@@ -78,10 +78,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "mfhq report") -> Repo
     ns = build_parser(prog).parse_args(argv)
     if ns.identities < 0 or ns.thumb_size < 16:
         build_parser(prog).error("--identities must be >= 0 and --thumb-size >= 16")
-    try:
-        set_options(parse_options(ns.storage_options))
-    except ValueError as err:
-        build_parser(prog).error(str(err))
+    use_options_argument(build_parser(prog), ns)
     output = ns.output if is_url(ns.output) else Path(ns.output).resolve()
     return ReportConfig(output=output, out=ns.out, identities=ns.identities,
                         identity=list(ns.identity), seed=ns.seed, thumb_size=ns.thumb_size,

@@ -38,7 +38,7 @@ from curation.takedowns import (
     removed_hashes,
     row_ids,
 )
-from mfhq_contract.storage import add_options_argument, parse_options, set_options
+from mfhq_contract.storage import add_options_argument, use_options_argument
 
 # --- removing ids from a finished build --------------------------------------------------------
 
@@ -200,11 +200,9 @@ def build_parser(prog: str = "mfhq takedown") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "mfhq takedown") -> int:
-    ns = build_parser(prog).parse_args(argv)
-    try:
-        set_options(parse_options(ns.__dict__.pop("storage_options")))
-    except ValueError as err:
-        build_parser(prog).error(str(err))
+    parser = build_parser(prog)
+    ns = parser.parse_args(argv)
+    use_options_argument(parser, ns)
     config = TakedownConfig(**vars(ns))
     try:
         result = apply_takedown(config)

@@ -38,7 +38,7 @@ from typing import Any
 from curation import build_folder as bf
 from curation.build_folder import BuildFolders
 from curation.records import Status
-from mfhq_contract.storage import add_options_argument, parse_options, set_options
+from mfhq_contract.storage import add_options_argument, use_options_argument
 
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_NO_BUILD = 0, 1, 2
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -476,11 +476,9 @@ def build_parser(prog: str = "mfhq verify") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "mfhq verify") -> int:
-    ns = build_parser(prog).parse_args(argv)
-    try:
-        set_options(parse_options(ns.__dict__.pop("storage_options")))
-    except ValueError as err:
-        build_parser(prog).error(str(err))
+    parser = build_parser(prog)
+    ns = parser.parse_args(argv)
+    use_options_argument(parser, ns)
     config = VerifyConfig(**vars(ns))
     try:
         bf.sync_down(config.manifests_dir)    # an output on a store: its manifests, mirrored
