@@ -73,3 +73,19 @@ def demo_build(demo_corpus, ray_local) -> DemoBuild:
     shas = {str(p.relative_to(paths.shards)): file_sha256(p)
             for p in sorted(paths.shards.glob("*/*.tar"))}
     return DemoBuild(paths, corpus, summary, shas)
+
+
+@pytest.fixture(scope="session")
+def small_build(demo_corpus, tmp_path_factory):
+    """The small demo build (`_reliability_helpers.small_build_args`: 3 identities, one per
+    shard, 2 CPUs), run once as its own process, undisturbed: (output, shard sha256s, manifest
+    rows), the bytes that every killed, resumed, full-disk or bucket build of the same
+    arguments must end with. Read it, never write into it."""
+    from _reliability_helpers import manifest_rows, shard_hashes, small_build_args, start_build
+
+    paths, _ = demo_corpus
+    output = tmp_path_factory.mktemp("small-build") / "build"
+    log = output.parent / "build.log"
+    assert start_build(small_build_args(paths, output), log).wait(timeout=900) == 0, \
+        log.read_text()[-3000:]
+    return output, shard_hashes(output), manifest_rows(output)

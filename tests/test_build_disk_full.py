@@ -48,13 +48,12 @@ def _run(args: list[str], log: Path) -> int:
 
 @pytest.mark.timeout(2400)
 def test_a_build_onto_a_full_disk_stops_with_one_message_and_a_rerun_with_room_ends_the_same(
-        demo_corpus, tiny_disk, tmp_path):
+        demo_corpus, small_build, tiny_disk, tmp_path):
     from curation.audit.verify import VerifyConfig, verify_build
     from curation.build_folder import is_output_full, read_manifest
 
     paths, _ = demo_corpus
-    baseline = tmp_path / "undisturbed"
-    assert _run(small_build_args(paths, baseline), tmp_path / "baseline.log") == 0
+    _, baseline_hashes, baseline_rows = small_build
 
     output = tiny_disk / "build"
     args = small_build_args(paths, output)
@@ -75,7 +74,7 @@ def test_a_build_onto_a_full_disk_stops_with_one_message_and_a_rerun_with_room_e
     assert grown.returncode == 0, grown.stderr
     log = tmp_path / "rerun.log"
     assert _run(args, log) == 0, log.read_text()[-3000:]
-    assert shard_hashes(output) == shard_hashes(baseline)
-    assert manifest_rows(output) == manifest_rows(baseline)
+    assert shard_hashes(output) == baseline_hashes
+    assert manifest_rows(output) == baseline_rows
     assert not temporaries(output)
     assert verify_build(VerifyConfig(output=str(output), progress=False)) == []

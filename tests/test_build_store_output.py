@@ -83,13 +83,9 @@ def bucket(s3_server):  # noqa: F811 - the fixture
 
 
 @pytest.fixture(scope="module")
-def local_build(demo_corpus, tmp_path_factory):
+def local_build(small_build):
     """The small demo build into a local folder: the bytes every bucket build must equal."""
-    paths, _ = demo_corpus
-    out = tmp_path_factory.mktemp("store-local") / "build"
-    _build(small_build_args(paths, out), dict(os.environ, PYTHONPATH=str(REPO)),
-           out.parent / "build.log")
-    return out, shard_hashes(out), manifest_rows(out)
+    return small_build
 
 
 def _args_to(paths, url: str) -> list[str]:
