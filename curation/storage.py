@@ -91,10 +91,10 @@ VIDEO_CACHE_ENV = "MFHQ_VIDEO_CACHE"
 VIDEO_CACHE_BYTES_ENV = "MFHQ_VIDEO_CACHE_BYTES"
 DEFAULT_VIDEO_CACHE_BYTES = 16 << 30
 _SCRATCH_PREFIX = "mfhq-video-"
-_S3_SCHEMES = ("s3", "s3a")
+S3_SCHEMES = ("s3", "s3a")
 
 
-def _bucket_and_prefix(url: str) -> tuple[str, str]:
+def bucket_and_prefix(url: str) -> tuple[str, str]:
     """("bucket", "prefix/") of an S3 URL; the prefix ends in "/" (or is "" for a bucket)."""
     path = url.split("://", 1)[1].strip("/")
     bucket, _, key = path.partition("/")
@@ -128,8 +128,8 @@ def store_problem(error: BaseException) -> str:
 def _list_pages(url: str, max_keys: int = 1000) -> Iterator[list[str]]:
     """Pages of keys under the prefix, relative to it (see `list_files`)."""
     fs = filesystem(url)
-    if scheme(url) in _S3_SCHEMES:
-        bucket, prefix = _bucket_and_prefix(url)
+    if scheme(url) in S3_SCHEMES:
+        bucket, prefix = bucket_and_prefix(url)
         if not bucket:
             raise SourceError(f"source {url}: name a bucket (s3://BUCKET/PREFIX)")
         kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}

@@ -320,9 +320,10 @@ def lock_backend(manifests_dir: Path) -> LocalLockFile | StoreLockObject:
     so builds on different machines see each other), else a file in the manifests folder
     (on another store, the file in this node's mirror guards this machine only)."""
     from curation.build_folder.store import store_url
+    from curation.storage import S3_SCHEMES, scheme
 
     url = store_url(manifests_dir)
-    if url is not None and url.split("://", 1)[0] in ("s3", "s3a"):
+    if url is not None and scheme(url) in S3_SCHEMES:
         return StoreLockObject(f"{url}/{LOCK_FILE}")
     return LocalLockFile(lock_path(manifests_dir))
 

@@ -39,10 +39,10 @@ import os
 import shutil
 from pathlib import Path
 
+from curation.storage import S3_SCHEMES, bucket_and_prefix, scheme, scratch_dir, store_problem
 from mfhq_contract import storage
 
 MIRROR_DIR = "mfhq-output"
-SCRATCH_ENV = "MFHQ_SCRATCH"
 PUBLISHED = ("manifests", "shards", "work")     # the mirror's folders that have objects
 DROPPED_AFTER_UPLOAD = ("shards", "work")        # large, or read on another node
 
@@ -53,16 +53,9 @@ _MIRRORS: dict[Path, str] = {}
 def mirror_root(url: str) -> Path:
     """This node's mirror folder of an output URL (registered for `publish` in this process)."""
     url = url.rstrip("/")
-    scratch = Path(os.environ.get(SCRATCH_ENV) or _tempdir())
-    root = scratch / MIRROR_DIR / hashlib.sha256(url.encode()).hexdigest()[:16]
+    root = scratch_dir() / MIRROR_DIR / hashlib.sha256(url.encode()).hexdigest()[:16]
     _MIRRORS[root] = url
     return root
-
-
-def _tempdir() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
 
 
 def _locate(path: str | os.PathLike) -> tuple[str, Path] | None:
@@ -218,12 +211,11 @@ def check_output(url: str) -> None:
     listed: a bucket that does not exist, credentials the store refuses, an endpoint that
     cannot be reached. (Whether it takes writes is learnt at the first write: exit 3.)"""
     from curation.errors import BuildFolderError
-    from curation.storage import store_problem
 
     fs = storage.filesystem(url)
     try:
-        if url.split("://", 1)[0] in ("s3", "s3a"):
-            bucket, _, prefix = url.split("://", 1)[1].partition("/")
+        if scheme(url) in S3_SCHEMES:
+            bucket, prefix = bucket_and_prefix(url)
             fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
         elif not fs.exists(url.split("://", 1)[1].split("/", 1)[0]):
             raise FileNotFoundError(f"no bucket {url.split('://', 1)[1].split('/', 1)[0]}")
