@@ -140,12 +140,14 @@ def size(path: str | os.PathLike) -> int | None:
         return None
 
 
-def open_binary(path: str | os.PathLike):
-    """A readable, seekable binary file of a local file or of its object (read in ranges)."""
+def open_binary(path: str | os.PathLike, block_size: int | None = None):
+    """A readable, seekable binary file of a local file or of its object, read in ranges of
+    `block_size` bytes (default: the store's, 50 MB on S3; a reader of a file's head only asks
+    for less, or it fetches a whole work file to read its first member)."""
     url = store_url(path)
     if url is None or Path(path).exists():
         return open(path, "rb")
-    return storage.filesystem(url).open(url, "rb")
+    return storage.filesystem(url).open(url, "rb", block_size=block_size)
 
 
 def remove(path: str | os.PathLike, *, recursive: bool = False) -> None:

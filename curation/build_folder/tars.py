@@ -30,11 +30,12 @@ class TarMember:
 
 
 def iter_tar(tar: Path, wanted: Callable[[str], bool] | None = None,
-             max_member_bytes: int | None = None) -> Iterator[TarMember]:
+             max_member_bytes: int | None = None,
+             block_size: int | None = None) -> Iterator[TarMember]:
     """The members of a shard tar in order, bytes read only for plain files that `wanted`
     accepts (others come with data None). Raises tarfile.TarError / OSError on a broken tar and
-    ValueError for a member over `max_member_bytes`."""
-    with open_binary(tar) as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
+    ValueError for a member over `max_member_bytes`. `block_size`: see `store.open_binary`."""
+    with open_binary(tar, block_size) as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
         for info in archive:
             data = None
             if info.isreg() and (wanted is None or wanted(info.name)):

@@ -226,8 +226,12 @@ def read_outcome(path: Path) -> ClipOutcome:
     return outcome
 
 
+META_READ_BYTES = 1 << 20     # meta.json is the work file's first member: read its head only
+
+
 def read_meta(path: Path) -> dict[str, Any]:
-    for member in bf.iter_tar(path, wanted=lambda name: name == _META):
+    for member in bf.iter_tar(path, wanted=lambda name: name == _META,
+                              block_size=META_READ_BYTES):
         if member.data is not None:
             return json.loads(member.data)
     raise ValueError(f"{path} has no {_META}")
